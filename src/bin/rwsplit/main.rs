@@ -1,0 +1,33 @@
+//! `rwsplit`: classify statements, and run local replicated PostgreSQL clusters.
+
+mod classify;
+mod cluster;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Read/write splitting tools for diesel-rwsplit.
+#[derive(Debug, Parser)]
+#[command(name = "rwsplit", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Classify SQL statements read one per line from stdin: `replica`, or `primary<TAB>reason`.
+    Classify(classify::ClassifyArgs),
+    /// Start, inspect and stop a local primary + streaming replicas.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Classify(args) => classify::run(args),
+        Command::Cluster(command) => cluster::run(command),
+    }
+}

@@ -1,0 +1,149 @@
+//! The crate's one error type.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// A boxed error from a lower layer (I/O, the PostgreSQL driver, a child process).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in this crate.
+///
+/// Each variant says which node or input and which step failed; the lower-level
+/// cause is available through [`std::error::Error::source`], never repeated in the
+/// message. No variant carries a password or a bind value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A classifier routing rule (the `index`-th added) is not a valid regular expression.
+    #[error("classifier routing rule #{index} is not a valid regular expression")]
+    InvalidRule {
+        /// Zero-based position of the rule in the order it was added.
+        index: usize,
+        /// What the `regex` crate said.
+        #[source]
+        source: regex::Error,
+    },
+
+    /// The PostgreSQL server binaries (`initdb`, `postgres`, `pg_basebackup`) were not found.
+    #[error("{}", binaries_not_found_message(searched))]
+    PgBinariesNotFound {
+        /// Every place that was searched, in order.
+        searched: Vec<String>,
+    },
+
+    /// A step of starting, driving or stopping a local test cluster failed on one node.
+    #[error("local cluster: {step} failed on {node}")]
+    Cluster {
+        /// `primary`, `replica1`, `replica2`, ... or `cluster` for the whole.
+        node: String,
+        /// What was being done.
+        step: ClusterStep,
+        /// Why it failed.
+        #[source]
+        source: BoxError,
+    },
+
+    /// `rwsplit cluster up` was pointed at a directory that already holds a cluster or other files.
+    #[error("cluster directory {} is in use (it is not empty); pick another --dir or run `rwsplit cluster down --dir` on it", dir.display())]
+    ClusterDirInUse {
+        /// The directory.
+        dir: PathBuf,
+    },
+
+    /// No local cluster is running in the given directory.
+    #[error("no local cluster is running in {}", dir.display())]
+    ClusterNotRunning {
+        /// The directory.
+        dir: PathBuf,
+    },
+
+    /// A replica index passed to a local-cluster method is out of range.
+    #[error("replica #{index} does not exist: the cluster has {replicas} replica(s)")]
+    NoSuchReplica {
+        /// The index asked for (zero-based).
+        index: usize,
+        /// How many replicas there are.
+        replicas: usize,
+    },
+}
+
+/// The step of a local cluster's life that failed (see [`Error::Cluster`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClusterStep {
+    /// Creating or owning the cluster directory, or finding the OS user to run as.
+    Prepare,
+    /// `initdb` of the primary.
+    InitDb,
+    /// `pg_basebackup` of a replica.
+    BaseBackup,
+    /// Writing a node's configuration.
+    Configure,
+    /// Spawning the server process.
+    Start,
+    /// Waiting for the server to accept connections.
+    WaitReady,
+    /// Waiting for a replica to stream from the primary.
+    WaitStreaming,
+    /// Stopping the server.
+    Stop,
+    /// Pausing or resuming WAL replay.
+    Replay,
+    /// Setting `recovery_min_apply_delay`.
+    ApplyDelay,
+    /// Sending SIGSTOP / SIGCONT.
+    Freeze,
+    /// Promoting a replica.
+    Promote,
+    /// Reading an LSN or other state.
+    Query,
+    /// Waiting for a replica to replay up to the primary's position.
+    CatchUp,
+    /// Applying the example schema's migrations.
+    Migrate,
+    /// Reading or writing the state file of a detached cluster.
+    State,
+}
+
+impl fmt::Display for ClusterStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ClusterStep::Prepare => "preparing the directory",
+            ClusterStep::InitDb => "initdb",
+            ClusterStep::BaseBackup => "pg_basebackup",
+            ClusterStep::Configure => "configuring",
+            ClusterStep::Start => "starting the server",
+            ClusterStep::WaitReady => "waiting for the server to accept connections",
+            ClusterStep::WaitStreaming => "waiting for streaming replication",
+            ClusterStep::Stop => "stopping the server",
+            ClusterStep::Replay => "pausing or resuming WAL replay",
+            ClusterStep::ApplyDelay => "setting the apply delay",
+            ClusterStep::Freeze => "freezing or thawing the server",
+            ClusterStep::Promote => "promoting",
+            ClusterStep::Query => "querying",
+            ClusterStep::CatchUp => "waiting for the replica to catch up",
+            ClusterStep::Migrate => "applying migrations",
+            ClusterStep::State => "reading the cluster state file",
+        })
+    }
+}
+
+fn binaries_not_found_message(searched: &[String]) -> String {
+    let mut message = String::from(
+        "PostgreSQL server binaries (initdb, postgres, pg_basebackup) not found. Searched:\n",
+    );
+    for place in searched {
+        message.push_str("  - ");
+        message.push_str(place);
+        message.push('\n');
+    }
+    message.push_str(
+        "Install them, or point RWSPLIT_PG_BINDIR at their directory:\n  \
+         Debian/Ubuntu: sudo apt-get install postgresql   (binaries in /usr/lib/postgresql/<version>/bin)\n  \
+         macOS:         brew install postgresql@15         (then export RWSPLIT_PG_BINDIR=\"$(brew --prefix postgresql@15)/bin\")",
+    );
+    message
+}
+
+/// Shorthand for `Result<T, diesel_rwsplit::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,242 @@
+//! Finding the PostgreSQL server binaries.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{Error, Result};
+
+/// The programs a cluster needs; a directory qualifies only if it holds all of them.
+const REQUIRED: [&str; 3] = ["initdb", "postgres", "pg_basebackup"];
+
+/// Environment variable naming the directory of the PostgreSQL server binaries.
+pub const BINDIR_ENV: &str = "RWSPLIT_PG_BINDIR";
+
+/// Where to look, made explicit so that tests can point it at fake trees.
+#[derive(Debug, Clone)]
+pub(super) struct Search {
+    pub(super) explicit: Option<PathBuf>,
+    pub(super) env_bindir: Option<OsString>,
+    pub(super) pg_config: PathBuf,
+    pub(super) path: Option<OsString>,
+    pub(super) versioned_root: PathBuf,
+}
+
+impl Search {
+    /// The real search: the process environment and the Debian layout.
+    pub(super) fn from_env(explicit: Option<PathBuf>) -> Self {
+        Search {
+            explicit,
+            env_bindir: std::env::var_os(BINDIR_ENV),
+            pg_config: PathBuf::from("pg_config"),
+            path: std::env::var_os("PATH"),
+            versioned_root: PathBuf::from("/usr/lib/postgresql"),
+        }
+    }
+
+    /// The first directory holding every required binary.
+    ///
+    /// An explicit directory or `RWSPLIT_PG_BINDIR` that lacks them is an error at
+    /// once rather than a silent fall-through: the caller asked for that one.
+    pub(super) fn find(&self) -> Result<PathBuf> {
+        let mut searched = Vec::new();
+        if let Some(dir) = &self.explicit {
+            return self.demand(dir, format!("explicit bindir {}", dir.display()));
+        }
+        match &self.env_bindir {
+            Some(dir) if !dir.is_empty() => {
+                let dir = PathBuf::from(dir);
+                return self.demand(&dir, format!("{BINDIR_ENV}={}", dir.display()));
+            }
+            _ => searched.push(format!("{BINDIR_ENV} (not set)")),
+        }
+
+        match Command::new(&self.pg_config).arg("--bindir").output() {
+            Ok(out) if out.status.success() => {
+                let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+                if missing(&dir).is_none() {
+                    return Ok(dir);
+                }
+                searched.push(format!(
+                    "`pg_config --bindir` = {} ({})",
+                    dir.display(),
+                    describe(&dir)
+                ));
+            }
+            Ok(out) => searched.push(format!("`pg_config --bindir` (exited with {})", out.status)),
+            Err(_) => searched.push(format!(
+                "`pg_config --bindir` ({} not found)",
+                self.pg_config.display()
+            )),
+        }
+
+        if let Some(path) = &self.path {
+            for dir in std::env::split_paths(path) {
+                if missing(&dir).is_none() {
+                    return Ok(dir);
+                }
+            }
+        }
+        searched.push("every directory on PATH".to_owned());
+
+        let mut versioned = versioned_bindirs(&self.versioned_root);
+        versioned.sort_by(|a, b| b.0.cmp(&a.0));
+        for (_, dir) in &versioned {
+            if missing(dir).is_none() {
+                return Ok(dir.clone());
+            }
+            searched.push(format!("{} ({})", dir.display(), describe(dir)));
+        }
+        if versioned.is_empty() {
+            searched.push(format!("{}/*/bin (none)", self.versioned_root.display()));
+        }
+        Err(Error::PgBinariesNotFound { searched })
+    }
+
+    fn demand(&self, dir: &Path, label: String) -> Result<PathBuf> {
+        match missing(dir) {
+            None => Ok(dir.to_path_buf()),
+            Some(_) => Err(Error::PgBinariesNotFound {
+                searched: vec![format!("{label} ({})", describe(dir))],
+            }),
+        }
+    }
+}
+
+/// The first required binary absent from `dir`.
+fn missing(dir: &Path) -> Option<&'static str> {
+    REQUIRED.into_iter().find(|name| !dir.join(name).is_file())
+}
+
+fn describe(dir: &Path) -> String {
+    if !dir.is_dir() {
+        return "no such directory".to_owned();
+    }
+    match missing(dir) {
+        Some(name) => format!("no {name}"),
+        None => "ok".to_owned(),
+    }
+}
+
+/// `<root>/<version>/bin` for every numeric version directory, with its version.
+fn versioned_bindirs(root: &Path) -> Vec<(Vec<u32>, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let name = entry.file_name().into_string().ok()?;
+            let version = name
+                .split('.')
+                .map(|part| part.parse::<u32>().ok())
+                .collect::<Option<Vec<u32>>>()?;
+            Some((version, entry.path().join("bin")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct FakeTree(PathBuf);
+
+    impl FakeTree {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("rws-bin-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            FakeTree(dir)
+        }
+
+        fn bindir(&self, rel: &str, programs: &[&str]) -> PathBuf {
+            let dir = self.0.join(rel);
+            std::fs::create_dir_all(&dir).unwrap();
+            for program in programs {
+                std::fs::write(dir.join(program), b"").unwrap();
+            }
+            dir
+        }
+
+        fn search(&self) -> Search {
+            Search {
+                explicit: None,
+                env_bindir: None,
+                pg_config: self.0.join("no-pg-config"),
+                path: Some(OsString::new()),
+                versioned_root: self.0.join("usr-lib-postgresql"),
+            }
+        }
+    }
+
+    impl Drop for FakeTree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn newest_complete_versioned_dir_wins() {
+        let tree = FakeTree::new("versioned");
+        tree.bindir("usr-lib-postgresql/9.6/bin", &REQUIRED);
+        let v15 = tree.bindir("usr-lib-postgresql/15/bin", &REQUIRED);
+        tree.bindir("usr-lib-postgresql/16/bin", &["initdb", "postgres"]);
+        tree.bindir("usr-lib-postgresql/notaversion/bin", &REQUIRED);
+        assert_eq!(tree.search().find().unwrap(), v15);
+    }
+
+    #[test]
+    fn path_comes_before_versioned_dirs() {
+        let tree = FakeTree::new("path");
+        tree.bindir("usr-lib-postgresql/15/bin", &REQUIRED);
+        let on_path = tree.bindir("somewhere/bin", &REQUIRED);
+        let mut search = tree.search();
+        search.path = Some(std::env::join_paths([tree.0.join("empty"), on_path.clone()]).unwrap());
+        assert_eq!(search.find().unwrap(), on_path);
+    }
+
+    #[test]
+    fn explicit_and_env_dirs_are_demanded_not_skipped() {
+        let tree = FakeTree::new("explicit");
+        tree.bindir("usr-lib-postgresql/15/bin", &REQUIRED);
+        let partial = tree.bindir("partial", &["initdb"]);
+
+        let mut search = tree.search();
+        search.explicit = Some(partial.clone());
+        let err = search.find().unwrap_err().to_string();
+        assert!(
+            err.contains("explicit bindir") && err.contains("no postgres"),
+            "{err}"
+        );
+
+        let mut search = tree.search();
+        search.env_bindir = Some(partial.into_os_string());
+        let err = search.find().unwrap_err().to_string();
+        assert!(
+            err.contains(BINDIR_ENV) && err.contains("no postgres"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn nothing_found_names_every_place_and_how_to_install() {
+        let tree = FakeTree::new("none");
+        let err = tree.search().find().unwrap_err();
+        let Error::PgBinariesNotFound { searched } = &err else {
+            panic!("unexpected error {err:?}");
+        };
+        assert_eq!(searched.len(), 4, "{searched:?}");
+        let text = err.to_string();
+        for expected in [
+            BINDIR_ENV,
+            "pg_config",
+            "PATH",
+            "usr-lib-postgresql/*/bin",
+            "apt-get install postgresql",
+            "brew install",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,884 @@
+//! `LocalCluster`: a throwaway primary plus streaming replicas.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::binaries::Search;
+use super::node::{lock, poll_until, Node, Startup};
+use super::process::{self, RunAs, Watchdog};
+use crate::{BoxError, ClusterStep, Error, Lsn, Result};
+
+/// Name of the file in the cluster directory that lets `attach` find a detached cluster.
+const STATE_FILE: &str = "cluster.state";
+/// How many times a server is re-spawned on another port when its port was taken.
+const PORT_ATTEMPTS: usize = 5;
+
+/// Server settings shared by every node. `fsync=off` is safe for throwaway data and
+/// makes start-up fast; `synchronous_commit` stays on because turning it off adds
+/// about 200 ms of replica lag (design section 5).
+const BASE_SETTINGS: &str = "
+listen_addresses = '127.0.0.1'
+unix_socket_directories = ''
+fsync = off
+full_page_writes = off
+synchronous_commit = on
+wal_level = replica
+max_wal_senders = 16
+max_replication_slots = 16
+hot_standby = on
+hot_standby_feedback = on
+wal_receiver_status_interval = 1s
+max_connections = 200
+shared_buffers = 32MB
+logging_collector = off
+";
+
+const HBA: &str = "\
+# Trust, and on the loopback address only: the cluster is a private throwaway.
+host all all 127.0.0.1/32 trust
+host replication all 127.0.0.1/32 trust
+";
+
+/// Builds and starts a [`LocalCluster`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct LocalClusterBuilder {
+    replicas: usize,
+    bindir: Option<PathBuf>,
+    dir: Option<PathBuf>,
+    detached: bool,
+    timeout: Duration,
+    settings: Vec<(String, String)>,
+}
+
+impl Default for LocalClusterBuilder {
+    fn default() -> Self {
+        LocalClusterBuilder {
+            replicas: 2,
+            bindir: None,
+            dir: None,
+            detached: false,
+            timeout: Duration::from_secs(60),
+            settings: Vec::new(),
+        }
+    }
+}
+
+impl LocalClusterBuilder {
+    /// Number of hot-standby replicas. Default: 2. Zero gives a lone primary.
+    pub fn replicas(mut self, count: usize) -> Self {
+        self.replicas = count;
+        self
+    }
+
+    /// Directory of the PostgreSQL server binaries. Default: searched, in order,
+    /// `RWSPLIT_PG_BINDIR`, `pg_config --bindir`, `PATH`, `/usr/lib/postgresql/*/bin`
+    /// (newest first).
+    pub fn pg_bindir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.bindir = Some(dir.into());
+        self
+    }
+
+    /// Directory to build the cluster in; it must not exist or be empty. Default: a
+    /// new private `/dev/shm/rws-XXXXXX`
+    /// (or `/tmp/rws-XXXXXX` where `/dev/shm` is not writable).
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    /// Leave the servers running when the `LocalCluster` is dropped (what
+    /// `rwsplit cluster up` does); stop them later with [`LocalCluster::attach`] and
+    /// [`LocalCluster::shutdown`]. Default: `false`, everything stops on drop.
+    pub fn detached(mut self, detached: bool) -> Self {
+        self.detached = detached;
+        self
+    }
+
+    /// Upper bound for each wait of start-up (a server accepting connections, a
+    /// replica streaming). Default: 60 s.
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// An extra `postgresql.conf` setting for every node, e.g.
+    /// `.setting("max_connections", "400")`. Default: none.
+    pub fn setting(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.push((name.into(), value.into()));
+        self
+    }
+
+    /// Build and start the cluster. Returns once every replica is streaming.
+    ///
+    /// Cost: about 2 s for a primary and two replicas (initdb is most of it).
+    /// If this future is cancelled, or start-up fails, whatever was started is
+    /// stopped and the directory removed (unless `detached`, in which case a
+    /// cancelled start-up may leave servers for `rwsplit cluster down`).
+    pub async fn start(self) -> Result<LocalCluster> {
+        let cluster_err = |step: ClusterStep| {
+            move |source: BoxError| Error::Cluster {
+                node: "cluster".into(),
+                step,
+                source,
+            }
+        };
+        let bindir = Search::from_env(self.bindir.clone()).find()?;
+        let run_as = RunAs::detect().map_err(|e| cluster_err(ClusterStep::Prepare)(e.into()))?;
+        let dir = prepare_dir(self.dir.as_deref(), run_as)?;
+        let watchdog = if self.detached {
+            None
+        } else {
+            Some(Watchdog::spawn(&dir).map_err(|e| cluster_err(ClusterStep::Prepare)(e.into()))?)
+        };
+        let mut cluster = LocalCluster {
+            primary: Node::new(&dir, "primary", 0),
+            dir,
+            bindir,
+            run_as,
+            replicas: Vec::new(),
+            watchdog,
+            detached: false,
+            timeout: self.timeout,
+        };
+        cluster.init_primary(&self.settings).await?;
+        for index in 0..self.replicas {
+            cluster.add_replica(index).await?;
+        }
+        for index in 0..self.replicas {
+            cluster.wait_streaming(index).await?;
+        }
+        cluster
+            .write_state()
+            .map_err(|e| cluster.err("cluster", ClusterStep::State, e.into()))?;
+        cluster.detached = self.detached;
+        Ok(cluster)
+    }
+}
+
+/// A throwaway PostgreSQL primary plus N hot-standby streaming replicas, built from
+/// the machine's PostgreSQL server binaries, for tests, examples and benchmarks.
+///
+/// - Lives in a short private directory (`/dev/shm/rws-XXXXXX`, memory-backed, or
+///   `/tmp/rws-XXXXXX`), on free loopback
+///   ports chosen by itself, so many clusters run at once. Trust auth on 127.0.0.1
+///   only; one physical replication slot per replica; `fsync=off`,
+///   `synchronous_commit=on`; `pg_stat_statements` preloaded and created when the
+///   machine has it.
+/// - As root, the servers run as the `postgres` OS user (or a `rwsplit-pg` system
+///   account created for the purpose).
+/// - Dropping it stops every server it started, by pid, and removes the directory,
+///   also when a test panics. A watchdog process tied to this process by a pipe
+///   does the same if the process dies without dropping it (`process::exit`,
+///   SIGKILL, a `static` that is never dropped).
+/// - Start-up of a primary and two replicas takes about 2 s; shutdown about 0.3 s.
+///   Dropping blocks the current thread for the shutdown.
+///
+/// Replicas are addressed by zero-based index. Every fault-injection method returns
+/// only once its effect can be observed.
+pub struct LocalCluster {
+    dir: PathBuf,
+    bindir: PathBuf,
+    run_as: RunAs,
+    primary: Node,
+    replicas: Vec<Node>,
+    watchdog: Option<Watchdog>,
+    detached: bool,
+    timeout: Duration,
+}
+
+impl fmt::Debug for LocalCluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalCluster")
+            .field("dir", &self.dir)
+            .field("primary", &self.primary.url())
+            .field("replicas", &self.replica_urls())
+            .field("detached", &self.detached)
+            .finish()
+    }
+}
+
+impl LocalCluster {
+    /// A builder: two replicas, binaries searched, a fresh `/dev/shm/rws-XXXXXX`.
+    pub fn builder() -> LocalClusterBuilder {
+        LocalClusterBuilder::default()
+    }
+
+    /// Start a cluster with `replicas` replicas and every other default.
+    pub async fn start(replicas: usize) -> Result<LocalCluster> {
+        Self::builder().replicas(replicas).start().await
+    }
+
+    /// Connection URL of the primary (`postgres://postgres@127.0.0.1:PORT/postgres`).
+    pub fn primary_url(&self) -> String {
+        self.primary.url()
+    }
+
+    /// Connection URLs of the replicas, in index order.
+    pub fn replica_urls(&self) -> Vec<String> {
+        self.replicas.iter().map(Node::url).collect()
+    }
+
+    /// Connection URL of one replica.
+    pub fn replica_url(&self, index: usize) -> Result<String> {
+        Ok(self.replica(index)?.url())
+    }
+
+    /// Number of replicas.
+    pub fn replica_count(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// The cluster directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The directory of the server binaries in use.
+    pub fn bindir(&self) -> &Path {
+        &self.bindir
+    }
+
+    /// Pid of the primary's postmaster (`None` if it is not running).
+    pub fn primary_pid(&self) -> Option<u32> {
+        self.primary.pid()
+    }
+
+    /// Pid of a replica's postmaster (`None` if it is stopped).
+    pub fn replica_pid(&self, index: usize) -> Result<Option<u32>> {
+        Ok(self.replica(index)?.pid())
+    }
+
+    /// Current WAL write position of the primary (`pg_current_wal_lsn()`).
+    pub async fn primary_lsn(&self) -> Result<Lsn> {
+        self.primary
+            .query_lsn("SELECT pg_current_wal_lsn()")
+            .await
+            .and_then(|lsn| lsn.ok_or_else(|| "no LSN returned".into()))
+            .map_err(|e| self.err("primary", ClusterStep::Query, e))
+    }
+
+    /// Last WAL position a replica has replayed (`pg_last_wal_replay_lsn()`).
+    pub async fn replay_lsn(&self, index: usize) -> Result<Lsn> {
+        self.replica_lsn(index, "SELECT pg_last_wal_replay_lsn()")
+            .await
+    }
+
+    /// Last WAL position a replica has received and flushed (`pg_last_wal_receive_lsn()`).
+    pub async fn receive_lsn(&self, index: usize) -> Result<Lsn> {
+        self.replica_lsn(index, "SELECT pg_last_wal_receive_lsn()")
+            .await
+    }
+
+    async fn replica_lsn(&self, index: usize, sql: &str) -> Result<Lsn> {
+        let node = self.replica(index)?;
+        node.query_lsn(sql)
+            .await
+            .and_then(|lsn| lsn.ok_or_else(|| "not in recovery: no replica LSN".into()))
+            .map_err(|e| self.err(&node.name, ClusterStep::Query, e))
+    }
+
+    /// Wait until replica `index` has replayed everything the primary had written
+    /// when this was called.
+    pub async fn wait_for_replica(&self, index: usize, timeout: Duration) -> Result<()> {
+        let target = self.primary_lsn().await?;
+        let node = self.replica(index)?;
+        poll_until(timeout, "replay position", || async {
+            let replayed = node.query_lsn("SELECT pg_last_wal_replay_lsn()").await?;
+            Ok(replayed.filter(|lsn| *lsn >= target).map(|_| ()))
+        })
+        .await
+        .map_err(|e| self.err(&node.name, ClusterStep::CatchUp, e))
+    }
+
+    /// Wait until every replica has replayed everything the primary had written
+    /// when this was called (fails on a paused, stopped or frozen replica).
+    pub async fn wait_for_replicas(&self, timeout: Duration) -> Result<()> {
+        for index in 0..self.replicas.len() {
+            self.wait_for_replica(index, timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// Pause WAL replay on a replica (`pg_wal_replay_pause()`): it keeps receiving
+    /// but shows nothing new. Returns once the pause has taken effect.
+    pub async fn pause_replay(&self, index: usize) -> Result<()> {
+        self.set_replay(index, "pg_wal_replay_pause", "paused")
+            .await
+    }
+
+    /// Resume WAL replay on a replica. Returns once replay runs again.
+    pub async fn resume_replay(&self, index: usize) -> Result<()> {
+        self.set_replay(index, "pg_wal_replay_resume", "not paused")
+            .await
+    }
+
+    async fn set_replay(&self, index: usize, function: &str, state: &str) -> Result<()> {
+        let node = self.replica(index)?;
+        let run = async {
+            node.query_text(&format!("SELECT {function}()")).await?;
+            poll_until(self.timeout, "replay pause state", || async {
+                let now = node
+                    .query_text("SELECT pg_get_wal_replay_pause_state()")
+                    .await?;
+                Ok((now.as_deref() == Some(state)).then_some(()))
+            })
+            .await
+        };
+        run.await
+            .map_err(|e| self.err(&node.name, ClusterStep::Replay, e))
+    }
+
+    /// Delay WAL apply on a replica by `delay` (`recovery_min_apply_delay`, applied
+    /// by a configuration reload, no restart). `Duration::ZERO` removes the delay.
+    /// Returns once the server reports the new setting.
+    pub async fn set_apply_delay(&self, index: usize, delay: Duration) -> Result<()> {
+        let node = self.replica(index)?;
+        let millis = delay.as_millis();
+        let run = async {
+            node.query_text(&format!(
+                "ALTER SYSTEM SET recovery_min_apply_delay = '{millis}ms'"
+            ))
+            .await?;
+            node.query_text("SELECT pg_reload_conf()").await?;
+            poll_until(self.timeout, "recovery_min_apply_delay", || async {
+                let now = node
+                    .query_text(
+                        "SELECT setting FROM pg_settings WHERE name = 'recovery_min_apply_delay'",
+                    )
+                    .await?;
+                Ok((now == Some(millis.to_string())).then_some(()))
+            })
+            .await
+        };
+        run.await
+            .map_err(|e| self.err(&node.name, ClusterStep::ApplyDelay, e))
+    }
+
+    /// Stop a replica with a fast shutdown, by pid; returns once its process is gone.
+    /// Open connections to it fail with SQLSTATE 57P01, new ones are refused.
+    pub async fn stop_replica(&self, index: usize) -> Result<()> {
+        let node = self.replica(index)?;
+        let stopped = block_in_place(|| node.stop_blocking());
+        if stopped {
+            Ok(())
+        } else {
+            Err(self.err(&node.name, ClusterStep::Stop, "server did not exit".into()))
+        }
+    }
+
+    /// Start a stopped replica again; returns once it accepts connections and, if it
+    /// is still a standby, streams from the primary. A no-op if it runs.
+    pub async fn start_replica(&self, index: usize) -> Result<()> {
+        let node = self.replica(index)?;
+        if node.pid().is_some() {
+            return Ok(());
+        }
+        self.start_node(node, false).await?;
+        let standby = node
+            .in_recovery()
+            .await
+            .map_err(|e| self.err(&node.name, ClusterStep::Query, e))?;
+        if standby {
+            self.wait_streaming(index).await?;
+        }
+        Ok(())
+    }
+
+    /// Freeze a replica (SIGSTOP to its process group): it neither answers nor
+    /// closes connections, so new connections hang until the client's connect
+    /// timeout. Returns once the postmaster is stopped.
+    pub async fn freeze_replica(&self, index: usize) -> Result<()> {
+        self.signal_replica(index, libc::SIGSTOP, true).await
+    }
+
+    /// Thaw a frozen replica (SIGCONT). Returns once it runs again.
+    pub async fn thaw_replica(&self, index: usize) -> Result<()> {
+        self.signal_replica(index, libc::SIGCONT, false).await
+    }
+
+    async fn signal_replica(&self, index: usize, signal: libc::c_int, stopped: bool) -> Result<()> {
+        let node = self.replica(index)?;
+        let run = async {
+            let pid = node.pid().ok_or("replica is not running")?;
+            process::signal_group(pid, signal)?;
+            poll_until(self.timeout, "process state", || async {
+                let frozen = process::process_state(pid) == Some('T');
+                Ok((frozen == stopped).then_some(()))
+            })
+            .await
+        };
+        run.await
+            .map_err(|e| self.err(&node.name, ClusterStep::Freeze, e))
+    }
+
+    /// Promote a replica to a primary (`pg_promote()`); returns once it accepts writes.
+    /// The other replicas keep following the original primary.
+    pub async fn promote_replica(&self, index: usize) -> Result<()> {
+        let node = self.replica(index)?;
+        let run = async {
+            let promoted = node.query_text("SELECT pg_promote(true, 60)").await?;
+            if promoted.as_deref() != Some("t") {
+                return Err::<(), BoxError>("pg_promote() returned false".into());
+            }
+            poll_until(self.timeout, "end of recovery", || async {
+                Ok((!node.in_recovery().await?).then_some(()))
+            })
+            .await
+        };
+        run.await
+            .map_err(|e| self.err(&node.name, ClusterStep::Promote, e))
+    }
+
+    /// Apply the crate's example schema (users, orders, events) to the primary with
+    /// `diesel_migrations`, then wait until every replica has it.
+    pub async fn apply_example_schema(&self) -> Result<()> {
+        super::example::run_example_migrations(&self.primary_url()).await?;
+        self.wait_for_replicas(self.timeout).await
+    }
+
+    /// Each node's role, positions and lag, as `rwsplit cluster status` prints them.
+    pub async fn status(&self) -> Vec<NodeStatus> {
+        let primary_lsn = self
+            .primary
+            .query_lsn("SELECT pg_current_wal_lsn()")
+            .await
+            .ok()
+            .flatten();
+        let mut out = vec![node_status(&self.primary, primary_lsn).await];
+        for node in &self.replicas {
+            out.push(node_status(node, primary_lsn).await);
+        }
+        out
+    }
+
+    /// Re-open a detached cluster from its directory (for `rwsplit cluster status`
+    /// and `down`). The returned value stays detached: dropping it stops nothing.
+    pub fn attach(dir: impl AsRef<Path>) -> Result<LocalCluster> {
+        let dir = dir.as_ref().to_path_buf();
+        let not_running = || Error::ClusterNotRunning { dir: dir.clone() };
+        let text = std::fs::read_to_string(dir.join(STATE_FILE)).map_err(|_| not_running())?;
+        let state_path = dir.join(STATE_FILE);
+        let state_err = |why: &str| Error::Cluster {
+            node: "cluster".into(),
+            step: ClusterStep::State,
+            source: format!("{}: {why}", state_path.display()).into(),
+        };
+        let mut bindir = None;
+        let mut nodes = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            match line.split_once('=') {
+                Some(("bindir", value)) => bindir = Some(PathBuf::from(value)),
+                Some(("node", value)) => {
+                    let (name, port) = value
+                        .split_once(' ')
+                        .ok_or_else(|| state_err("malformed node line"))?;
+                    let port = port
+                        .parse::<u16>()
+                        .map_err(|_| state_err("malformed port"))?;
+                    let node = Node::new(&dir, name, port);
+                    let pid = std::fs::read_to_string(node.data_dir.join("postmaster.pid"))
+                        .ok()
+                        .and_then(|text| text.lines().next()?.trim().parse::<u32>().ok())
+                        .filter(|pid| !process::is_gone(*pid));
+                    *lock(&node.process) =
+                        pid.map(|pid| super::node::ServerProcess { pid, child: None });
+                    nodes.push(node);
+                }
+                _ => return Err(state_err("unknown line")),
+            }
+        }
+        let bindir = bindir.ok_or_else(|| state_err("no bindir"))?;
+        if nodes.is_empty() || nodes[0].name != "primary" {
+            return Err(state_err("no primary"));
+        }
+        let primary = nodes.remove(0);
+        Ok(LocalCluster {
+            dir,
+            bindir,
+            run_as: RunAs::detect().map_err(|e| state_err(&e.to_string()))?,
+            primary,
+            replicas: nodes,
+            watchdog: None,
+            detached: true,
+            timeout: Duration::from_secs(60),
+        })
+    }
+
+    /// Whether any server of the cluster is running.
+    pub fn is_running(&self) -> bool {
+        self.primary.pid().is_some() || self.replicas.iter().any(|n| n.pid().is_some())
+    }
+
+    /// Stop every server and remove the directory, detached or not.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.stop_all()
+    }
+
+    fn stop_all(&mut self) -> Result<()> {
+        // Signal every node first so they shut down in parallel, then wait for each.
+        let nodes: Vec<&Node> = self
+            .replicas
+            .iter()
+            .chain(std::iter::once(&self.primary))
+            .collect();
+        for node in &nodes {
+            if let Some(pid) = node.pid() {
+                let _ = process::signal_group(pid, libc::SIGCONT);
+                let _ = process::signal_pid(pid, libc::SIGINT);
+            }
+        }
+        let mut failed = None;
+        for node in &nodes {
+            if !node.stop_blocking() {
+                failed = Some(node.name.clone());
+            }
+        }
+        if let Some(name) = failed {
+            return Err(self.err(&name, ClusterStep::Stop, "server did not exit".into()));
+        }
+        let removed = std::fs::remove_dir_all(&self.dir);
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.release();
+        }
+        match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(self.err("cluster", ClusterStep::Stop, e.into()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn replica(&self, index: usize) -> Result<&Node> {
+        self.replicas.get(index).ok_or(Error::NoSuchReplica {
+            index,
+            replicas: self.replicas.len(),
+        })
+    }
+
+    fn err(&self, node: &str, step: ClusterStep, source: BoxError) -> Error {
+        Error::Cluster {
+            node: node.to_owned(),
+            step,
+            source,
+        }
+    }
+
+    async fn init_primary(&mut self, settings: &[(String, String)]) -> Result<()> {
+        let (bindir, run_as, data_dir) = (
+            self.bindir.clone(),
+            self.run_as,
+            self.primary.data_dir.clone(),
+        );
+        blocking(move || super::template::initdb(&bindir, run_as, &data_dir))
+            .await
+            .map_err(|e| self.err("primary", ClusterStep::InitDb, e))?;
+
+        let mut conf = String::from(BASE_SETTINGS);
+        let stat_statements = self.has_pg_stat_statements();
+        if stat_statements {
+            conf.push_str(
+                "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = all\n",
+            );
+        }
+        for (name, value) in settings {
+            conf.push_str(&format!("{name} = '{}'\n", value.replace('\'', "''")));
+        }
+        let data_dir = &self.primary.data_dir;
+        let written = append(&data_dir.join("postgresql.conf"), &conf)
+            .and_then(|()| std::fs::write(data_dir.join("pg_hba.conf"), HBA));
+        written.map_err(|e| self.err("primary", ClusterStep::Configure, e.into()))?;
+
+        self.start_node(&self.primary, true).await?;
+        if stat_statements {
+            self.primary
+                .query_text("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                .await
+                .map_err(|e| self.err("primary", ClusterStep::Configure, e))?;
+        }
+        Ok(())
+    }
+
+    fn has_pg_stat_statements(&self) -> bool {
+        let libdir = std::process::Command::new(self.bindir.join("pg_config"))
+            .arg("--pkglibdir")
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+            .unwrap_or_else(|| self.bindir.join("../lib"));
+        libdir.join("pg_stat_statements.so").is_file()
+            || libdir.join("pg_stat_statements.dylib").is_file()
+    }
+
+    async fn add_replica(&mut self, index: usize) -> Result<()> {
+        let name = format!("replica{}", index + 1);
+        let node = Node::new(&self.dir, &name, 0);
+        let slot = format!("slot{}", index + 1);
+        let mut basebackup = self.run_as.command(&self.bindir.join("pg_basebackup"));
+        basebackup
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.primary.port().to_string(),
+                "-U",
+                "postgres",
+                "-D",
+            ])
+            .arg(&node.data_dir)
+            .args([
+                "-C",
+                "-S",
+                &slot,
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ]);
+        blocking(move || process::run_to_completion(basebackup))
+            .await
+            .map_err(|e| self.err(&name, ClusterStep::BaseBackup, e))?;
+        // Later lines win over what `-R` wrote; application_name lets the primary's
+        // pg_stat_replication tell the replicas apart.
+        let standby = format!(
+            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={name}'\nprimary_slot_name = '{slot}'\n",
+            self.primary.port()
+        );
+        append(&node.data_dir.join("postgresql.auto.conf"), &standby)
+            .map_err(|e| self.err(&name, ClusterStep::Configure, e.into()))?;
+        self.replicas.push(node);
+        self.start_node(&self.replicas[index], true).await
+    }
+
+    /// Spawn a node's server and wait until it accepts connections; on a port taken
+    /// by someone else in the meantime, retry on a fresh port when allowed.
+    async fn start_node(&self, node: &Node, may_move: bool) -> Result<()> {
+        for _ in 0..PORT_ATTEMPTS {
+            if may_move || node.port() == 0 {
+                let port = process::free_port()
+                    .map_err(|e| self.err(&node.name, ClusterStep::Start, e.into()))?;
+                *lock(&node.port) = port;
+            }
+            node.spawn(&self.bindir, self.run_as)
+                .map_err(|e| self.err(&node.name, ClusterStep::Start, e.into()))?;
+            match node.wait_ready(self.timeout).await {
+                Ok(Startup::Ready) => return Ok(()),
+                Ok(Startup::PortTaken) if may_move => {
+                    block_in_place(|| node.stop_blocking());
+                }
+                Ok(Startup::PortTaken) => {
+                    block_in_place(|| node.stop_blocking());
+                    let why = format!("port {} is taken by another process", node.port());
+                    return Err(self.err(&node.name, ClusterStep::Start, why.into()));
+                }
+                Err(e) => {
+                    block_in_place(|| node.stop_blocking());
+                    return Err(self.err(&node.name, ClusterStep::WaitReady, e));
+                }
+            }
+        }
+        Err(self.err(
+            &node.name,
+            ClusterStep::Start,
+            "no free port after several attempts".into(),
+        ))
+    }
+
+    async fn wait_streaming(&self, index: usize) -> Result<()> {
+        let node = &self.replicas[index];
+        let sql = format!(
+            "SELECT state FROM pg_stat_replication WHERE application_name = '{}'",
+            node.name
+        );
+        poll_until(self.timeout, "streaming", || async {
+            let state = self.primary.query_text(&sql).await?;
+            Ok((state.as_deref() == Some("streaming")).then_some(()))
+        })
+        .await
+        .map_err(|e| self.err(&node.name, ClusterStep::WaitStreaming, e))
+    }
+
+    fn write_state(&self) -> std::io::Result<()> {
+        let mut text = format!("bindir={}\n", self.bindir.display());
+        for node in std::iter::once(&self.primary).chain(&self.replicas) {
+            text.push_str(&format!("node={} {}\n", node.name, node.port()));
+        }
+        std::fs::write(self.dir.join(STATE_FILE), text)
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
+        if let Err(e) = self.stop_all() {
+            // Drop cannot fail; the watchdog is still there to finish the job.
+            eprintln!("diesel_rwsplit::testing::LocalCluster: {e}");
+        }
+    }
+}
+
+/// One node's state, as reported by [`LocalCluster::status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStatus {
+    /// `primary`, `replica1`, ...
+    pub name: String,
+    /// Its loopback port.
+    pub port: u16,
+    /// `primary`, `replica`, or `down` (not running or not answering).
+    pub role: &'static str,
+    /// The primary's current WAL position (for a primary node), else `None`.
+    pub current_lsn: Option<Lsn>,
+    /// WAL received by a replica.
+    pub receive_lsn: Option<Lsn>,
+    /// WAL replayed by a replica.
+    pub replay_lsn: Option<Lsn>,
+    /// Bytes the replica's replay is behind the original primary's current position.
+    pub lag_bytes: Option<u64>,
+}
+
+async fn node_status(node: &Node, primary_lsn: Option<Lsn>) -> NodeStatus {
+    let mut status = NodeStatus {
+        name: node.name.clone(),
+        port: node.port(),
+        role: "down",
+        current_lsn: None,
+        receive_lsn: None,
+        replay_lsn: None,
+        lag_bytes: None,
+    };
+    if node.pid().is_none() {
+        return status;
+    }
+    let probe = tokio::time::timeout(Duration::from_secs(3), async {
+        let recovering = node.in_recovery().await?;
+        if recovering {
+            status.role = "replica";
+            status.receive_lsn = node.query_lsn("SELECT pg_last_wal_receive_lsn()").await?;
+            status.replay_lsn = node.query_lsn("SELECT pg_last_wal_replay_lsn()").await?;
+            status.lag_bytes = primary_lsn
+                .zip(status.replay_lsn)
+                .map(|(p, r)| p.bytes_ahead_of(r));
+        } else {
+            status.role = "primary";
+            status.current_lsn = node.query_lsn("SELECT pg_current_wal_lsn()").await?;
+        }
+        Ok::<_, BoxError>(())
+    });
+    if !matches!(probe.await, Ok(Ok(()))) {
+        status.role = "down";
+    }
+    status
+}
+
+/// Create the cluster directory: a given one must be absent or empty.
+fn prepare_dir(requested: Option<&Path>, run_as: RunAs) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let prepare_err = |source: BoxError| Error::Cluster {
+        node: "cluster".into(),
+        step: ClusterStep::Prepare,
+        source,
+    };
+    let dir = match requested {
+        Some(dir) => {
+            if let Ok(mut entries) = std::fs::read_dir(dir) {
+                if entries.next().is_some() {
+                    return Err(Error::ClusterDirInUse {
+                        dir: dir.to_path_buf(),
+                    });
+                }
+            } else {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|e| prepare_err(e.into()))?;
+            }
+            std::path::absolute(dir).map_err(|e| prepare_err(e.into()))?
+        }
+        None => create_temp_dir().map_err(|e| prepare_err(e.into()))?,
+    };
+    run_as.own(&dir).map_err(|e| prepare_err(e.into()))?;
+    Ok(dir)
+}
+
+/// A new `rws-XXXXXX` under [`scratch_root`], kept short: PostgreSQL's socket and
+/// path limits bite under long `TMPDIR`s and `target/` trees.
+fn create_temp_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    for _ in 0..100 {
+        let seed = u64::from(nanos)
+            ^ (u64::from(std::process::id()) << 20)
+            ^ COUNTER
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let dir = scratch_root().join(format!("rws-{:06x}", seed % 0x100_0000));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other(
+        "could not create a unique rws-* scratch directory",
+    ))
+}
+
+/// `/dev/shm` where it is a writable directory (a memory file system: copying a
+/// data directory there is more than ten times faster than to disk here, and the
+/// data is throwaway), otherwise `/tmp`.
+pub(super) fn scratch_root() -> &'static Path {
+    static ROOT: std::sync::OnceLock<&'static Path> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let shm = Path::new("/dev/shm");
+        let probe = shm.join(format!(".rws-probe-{}", std::process::id()));
+        if std::fs::create_dir(&probe).is_ok() {
+            let _ = std::fs::remove_dir(&probe);
+            shm
+        } else {
+            Path::new("/tmp")
+        }
+    })
+}
+
+fn append(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)?
+        .write_all(text.as_bytes())
+}
+
+/// Run blocking process work off the async threads.
+async fn blocking<F>(work: F) -> std::result::Result<(), BoxError>
+where
+    F: FnOnce() -> std::io::Result<()> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(join) => Err(join.into()),
+    }
+}
+
+/// Run a short blocking wait (a server shutting down) from async code, letting a
+/// multi-threaded runtime move other tasks off this thread meanwhile.
+fn block_in_place<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}

@@ -1,0 +1,37 @@
+//! Real replicated PostgreSQL for tests, examples and benchmarks (feature `testing`).
+//!
+//! [`LocalCluster`] starts a throwaway primary plus N hot-standby streaming
+//! replicas from the machine's PostgreSQL server binaries, with fault injection
+//! (pause/resume replay, apply delay, stop/start, freeze/thaw, promote), and stops
+//! them all when dropped. Use it to test your own application's routing against
+//! real replication:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), diesel_rwsplit::Error> {
+//! use std::time::Duration;
+//! use diesel_rwsplit::testing::LocalCluster;
+//!
+//! let cluster = LocalCluster::builder().replicas(2).start().await?; // ~2 s
+//! cluster.apply_example_schema().await?;
+//! cluster.pause_replay(0).await?;            // replica 0 stops showing new rows
+//! // ... write on cluster.primary_url(), observe staleness on replica 0 ...
+//! cluster.resume_replay(0).await?;
+//! cluster.wait_for_replica(0, Duration::from_secs(5)).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Requirements: PostgreSQL server binaries (`initdb`, `postgres`,
+//! `pg_basebackup`); see [`LocalClusterBuilder::pg_bindir`] for where they are
+//! looked for. On Debian/Ubuntu: `apt-get install postgresql`.
+
+mod binaries;
+mod cluster;
+mod example;
+mod node;
+mod process;
+mod template;
+
+pub use binaries::BINDIR_ENV;
+pub use cluster::{LocalCluster, LocalClusterBuilder, NodeStatus};
+pub use example::{run_example_migrations, schema, EXAMPLE_MIGRATIONS};
+pub use process::is_gone as process_is_gone;

@@ -1,0 +1,199 @@
+//! One PostgreSQL server of a local cluster: its files, its process, admin queries.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::process::{self, RunAs};
+use crate::{BoxError, Lsn};
+
+/// The server process of a node, if it runs.
+#[derive(Debug)]
+pub(super) struct ServerProcess {
+    pub(super) pid: u32,
+    /// `None` for a server started by another process (a detached cluster attached to).
+    pub(super) child: Option<Child>,
+}
+
+#[derive(Debug)]
+pub(super) struct Node {
+    pub(super) name: String,
+    pub(super) port: Mutex<u16>,
+    pub(super) data_dir: PathBuf,
+    pub(super) log: PathBuf,
+    pub(super) process: Mutex<Option<ServerProcess>>,
+}
+
+/// How waiting for a freshly spawned server ended.
+pub(super) enum Startup {
+    Ready,
+    /// The port was taken between choosing it and binding it: pick another.
+    PortTaken,
+}
+
+impl Node {
+    pub(super) fn new(cluster_dir: &Path, name: &str, port: u16) -> Self {
+        Node {
+            name: name.to_owned(),
+            port: Mutex::new(port),
+            data_dir: cluster_dir.join(name),
+            log: cluster_dir.join(format!("{name}.log")),
+            process: Mutex::new(None),
+        }
+    }
+
+    pub(super) fn port(&self) -> u16 {
+        *lock(&self.port)
+    }
+
+    pub(super) fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port())
+    }
+
+    pub(super) fn pid(&self) -> Option<u32> {
+        lock(&self.process).as_ref().map(|p| p.pid)
+    }
+
+    /// Spawn the postmaster in its own process group (so freezing it freezes its
+    /// backends too, and a Ctrl-C aimed at the test run does not reach it).
+    pub(super) fn spawn(&self, bindir: &Path, run_as: RunAs) -> io::Result<()> {
+        use std::os::unix::process::CommandExt;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = run_as
+            .command(&bindir.join("postgres"))
+            .arg("-D")
+            .arg(&self.data_dir)
+            .arg("-c")
+            .arg(format!("port={}", self.port()))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()?;
+        *lock(&self.process) = Some(ServerProcess {
+            pid: child.id(),
+            child: Some(child),
+        });
+        Ok(())
+    }
+
+    /// Wait until the server accepts connections (a hot standby: once consistent).
+    pub(super) async fn wait_ready(&self, timeout: Duration) -> Result<Startup, BoxError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last_error = match self.connect().await {
+                Ok(_) => return Ok(Startup::Ready),
+                Err(e) => e,
+            };
+            if self.has_exited() {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                if log.contains("could not bind") || log.contains("Address already in use") {
+                    return Ok(Startup::PortTaken);
+                }
+                return Err(format!(
+                    "server exited during start-up:\n{}",
+                    process::tail(&log, 15)
+                )
+                .into());
+            }
+            if Instant::now() >= deadline {
+                return Err(
+                    format!("not accepting connections after {timeout:?}: {last_error}").into(),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn has_exited(&self) -> bool {
+        let mut guard = lock(&self.process);
+        match guard.as_mut() {
+            Some(ServerProcess {
+                child: Some(child), ..
+            }) => !matches!(child.try_wait(), Ok(None)),
+            Some(ServerProcess { pid, child: None }) => process::is_gone(*pid),
+            None => true,
+        }
+    }
+
+    /// Stop the server (fast shutdown by pid) and wait until it is gone. Blocking.
+    pub(super) fn stop_blocking(&self) -> bool {
+        let taken = lock(&self.process).take();
+        match taken {
+            None => true,
+            Some(ServerProcess { pid, mut child }) => process::stop_server(pid, child.as_mut()),
+        }
+    }
+
+    /// A fresh admin connection (its driver task runs on the current runtime).
+    pub(super) async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            // Errors surface through the client; the task only drives the socket.
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    /// First column of the first row of `sql`, as text (`None` for SQL NULL or no row).
+    pub(super) async fn query_text(&self, sql: &str) -> Result<Option<String>, BoxError> {
+        let client = self.connect().await?;
+        let messages = client.simple_query(sql).await?;
+        for message in messages {
+            if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+                return Ok(row.get(0).map(str::to_owned));
+            }
+        }
+        Ok(None)
+    }
+
+    pub(super) async fn query_lsn(&self, sql: &str) -> Result<Option<Lsn>, BoxError> {
+        match self.query_text(sql).await? {
+            None => Ok(None),
+            Some(text) => Ok(Some(text.parse::<Lsn>()?)),
+        }
+    }
+
+    pub(super) async fn in_recovery(&self) -> Result<bool, BoxError> {
+        Ok(self
+            .query_text("SELECT pg_is_in_recovery()")
+            .await?
+            .as_deref()
+            == Some("t"))
+    }
+}
+
+/// Poison-tolerant lock: a panicking test must not stop the cluster from being dropped.
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Poll `check` every few milliseconds until it yields `Some`, or fail after `timeout`.
+pub(super) async fn poll_until<T, F, Fut>(
+    timeout: Duration,
+    what: &str,
+    mut check: F,
+) -> Result<T, BoxError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, BoxError>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{what}: not reached within {timeout:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
