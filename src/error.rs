@@ -24,6 +24,41 @@ pub enum Error {
         source: regex::Error,
     },
 
+    /// The safety interlock, in `Raise` mode, refused a statement, a transaction or a
+    /// hook that needs the primary; nothing was run. Returned inside
+    /// `diesel::result::Error::QueryBuilderError`; see [`interlock_refusal`](crate::interlock_refusal).
+    #[error("interlock (Raise mode) refused to leave the replica: {reason}{}; nothing was run", fingerprint.as_ref().map(|f| format!(" in `{f}`")).unwrap_or_default())]
+    InterlockRefused {
+        /// Why the primary would have been needed.
+        reason: crate::SwitchReason,
+        /// The statement's fingerprint (literals folded), when there was a statement.
+        fingerprint: Option<String>,
+    },
+
+    /// A node could not be connected to or checked out of its pool.
+    #[error("{node}: {step} failed")]
+    Node {
+        /// `primary` or `replicaN`, with its host and port (never a password).
+        node: String,
+        /// What was being done.
+        step: NodeStep,
+        /// Why it failed.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A replica-first connection was asked for, every replica is ejected or
+    /// unreachable, and fallback to the primary is off.
+    #[error("none of the {replicas} replica(s) is available and fallback to the primary is off")]
+    NoReplicaAvailable {
+        /// How many replicas are configured.
+        replicas: usize,
+    },
+
+    /// The pool was configured wrongly.
+    #[error("invalid pool configuration: {0}")]
+    InvalidConfig(String),
+
     /// The PostgreSQL server binaries (`initdb`, `postgres`, `pg_basebackup`) were not found.
     #[error("{}", binaries_not_found_message(searched))]
     PgBinariesNotFound {
@@ -65,6 +100,31 @@ pub enum Error {
         /// How many replicas there are.
         replicas: usize,
     },
+}
+
+/// What was being done with a node when it failed (see [`Error::Node`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeStep {
+    /// Parsing its connection URL.
+    ParseUrl,
+    /// Reaching its host (TCP) when the pool is built.
+    Connect,
+    /// Validating a pooled connection before handing it out.
+    Validate,
+    /// Checking a connection out of its pool (connecting, or waiting for one).
+    Checkout,
+}
+
+impl fmt::Display for NodeStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NodeStep::ParseUrl => "parsing the connection URL",
+            NodeStep::Connect => "reaching the host",
+            NodeStep::Validate => "validating a pooled connection",
+            NodeStep::Checkout => "checking out a connection",
+        })
+    }
 }
 
 /// The step of a local cluster's life that failed (see [`Error::Cluster`]).

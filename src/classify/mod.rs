@@ -1,8 +1,52 @@
-//! Statement classifier (not implemented yet: everything goes to the primary).
+//! The statement classifier: may this SQL run on a read-only replica, or must it go to the
+//! primary, and why?
+//!
+//! Pure, synchronous and allocation-free for the built-in rules. A real lexer reads the
+//! statement first, so nothing inside a comment, a string literal (`'..'`, `E'..'`,
+//! `$tag$..$tag$`, MySQL `".."`) or a quoted identifier can look like a keyword; then the
+//! leading verb and a single pass over the tokens decide. Whatever the classifier cannot
+//! prove read-only goes to the primary:
+//!
+//! | to the primary, for | examples |
+//! |---|---|
+//! | [`WriteStatement`](SwitchReason::WriteStatement) | DML (incl. `MERGE`, upserts, MySQL `REPLACE`), DDL, `GRANT`, `COMMENT`, `VACUUM`/`ANALYZE`/`REINDEX`/`CLUSTER`/`REFRESH`, `SELECT .. INTO`, `CREATE TABLE AS`, `COPY .. FROM`, `COPY .. TO 'file'`, `CALL`, `DO`, data-modifying CTEs, `EXPLAIN ANALYZE` of a write |
+//! | [`LockingRead`](SwitchReason::LockingRead) | `FOR UPDATE`, `FOR NO KEY UPDATE`, `FOR SHARE`, `FOR KEY SHARE`, `NOWAIT`, `SKIP LOCKED`, MySQL `LOCK IN SHARE MODE` |
+//! | [`SideEffectFunction`](SwitchReason::SideEffectFunction) | `nextval`, `setval`, `currval`, `lastval`, advisory locks, `pg_notify`, `txid_current`, large-object writers, `dblink*`, server administration; MySQL `GET_LOCK`, `LAST_INSERT_ID`, `NEXT VALUE FOR`; the user's [write functions](ClassifierBuilder::write_function) |
+//! | [`TransactionBegin`](SwitchReason::TransactionBegin) | `BEGIN`, `START TRANSACTION`, MySQL `XA START` |
+//! | [`TransactionControl`](SwitchReason::TransactionControl) | `COMMIT`, `ROLLBACK`, `SAVEPOINT`, `RELEASE`, `PREPARE TRANSACTION`, `SET TRANSACTION` |
+//! | [`SessionState`](SwitchReason::SessionState) | `SET`, `RESET`, `DISCARD`, `PREPARE`/`EXECUTE`/`DEALLOCATE`, `LISTEN`/`NOTIFY`, `LOCK`, cursors, temporary tables, `set_config`; MySQL `USE`, `LOCK TABLES`, `HANDLER`, `@variables` |
+//! | [`Rule`](SwitchReason::Rule) | a user [routing rule](ClassifierBuilder::rule) to the primary matched |
+//! | [`Unknown`](SwitchReason::Unknown) | empty, unterminated, unbalanced or unrecognised input |
+//!
+//! A multi-statement string goes to the primary if any of its statements does, for the
+//! first such statement's reason.
+//!
+//! Assumptions: PostgreSQL's `standard_conforming_strings` is on (the default since 9.1),
+//! so a backslash in `'..'` is an ordinary character; MySQL's `ANSI_QUOTES` is off, so
+//! `".."` is a string.
+//!
+//! ```
+//! use diesel_rwsplit::classify::{Classifier, Dialect, Verdict};
+//! use diesel_rwsplit::SwitchReason;
+//!
+//! let c = Classifier::new(Dialect::Postgres);
+//! assert_eq!(c.classify(r#"SELECT "users"."id" FROM "users" WHERE ("users"."id" = $1)"#), Verdict::Replica);
+//! assert_eq!(c.classify("SELECT * FROM jobs FOR UPDATE SKIP LOCKED"), Verdict::Primary(SwitchReason::LockingRead));
+//! assert_eq!(c.classify("/* route=/users */ DELETE FROM users"), Verdict::Primary(SwitchReason::WriteStatement));
+//! ```
+
+mod fingerprint;
+mod functions;
+mod lexer;
+mod rules;
 
 use std::sync::Arc;
 
+use regex::Regex;
+
 use crate::{Error, SwitchReason, Target};
+
+use functions::UserFunction;
 
 /// SQL dialect the classifier lexes and judges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,32 +84,321 @@ impl Verdict {
     }
 }
 
+/// A statement's normalised form, with literals folded, and its stable 64-bit hash.
+///
+/// The text has comments dropped, keywords and unquoted identifiers lower-cased, quoted
+/// identifiers kept with their quotes, every string, number, placeholder and
+/// dollar-quoted string replaced by `?`, `IN (..)` lists of values and repeated
+/// `VALUES` rows collapsed to one, and a canonical spacing. It never contains a literal.
+///
+/// ```
+/// use diesel_rwsplit::classify::{Classifier, Dialect};
+///
+/// let c = Classifier::new(Dialect::Postgres);
+/// let a = c.fingerprint("SELECT * FROM t WHERE id IN (1, 2, 3) AND name = 'bob'");
+/// let b = c.fingerprint("select *  from t where id in ($1) and name = $2");
+/// assert_eq!(a.text(), "select * from t where id in (?) and name = ?");
+/// assert_eq!(a, b);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Fingerprint {
+    text: String,
+    hash: u64,
+}
+
+impl Fingerprint {
+    /// The normalised text; never contains a literal value.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Stable 64-bit hash of the normalised text: FNV-1a 64 over its UTF-8 bytes, the same
+    /// on every platform and version.
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+}
+
 /// Judges SQL statements: replica or primary, and why. Cheap to clone, `Send + Sync`.
+///
+/// ```
+/// use diesel_rwsplit::classify::{Classifier, Dialect};
+/// use diesel_rwsplit::{SwitchReason, Target};
+///
+/// let c = Classifier::new(Dialect::Mysql);
+/// assert_eq!(c.classify("SELECT `id` FROM `users` WHERE `name` = ?").target(), Target::Replica);
+/// assert_eq!(c.classify("SELECT GET_LOCK('job', 10)").reason(), Some(SwitchReason::SideEffectFunction));
+/// ```
 #[derive(Debug, Clone)]
 pub struct Classifier {
-    inner: Arc<Dialect>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dialect: Dialect,
+    ext: Extensions,
+}
+
+/// The user's additions, checked before the built-in rules.
+#[derive(Debug, Default)]
+pub(crate) struct Extensions {
+    pub(crate) write: Vec<UserFunction>,
+    pub(crate) read_only: Vec<UserFunction>,
+    pub(crate) rules: Vec<(Regex, Target)>,
 }
 
 impl Classifier {
     /// A classifier with the built-in rules only.
     pub fn new(dialect: Dialect) -> Self {
         Classifier {
-            inner: Arc::new(dialect),
+            inner: Arc::new(Inner {
+                dialect,
+                ext: Extensions::default(),
+            }),
+        }
+    }
+
+    /// A builder for user extensions (extra write functions, read-only overrides, routing rules).
+    pub fn builder(dialect: Dialect) -> ClassifierBuilder {
+        ClassifierBuilder {
+            dialect,
+            write: Vec::new(),
+            read_only: Vec::new(),
+            rules: Vec::new(),
         }
     }
 
     /// The dialect this classifier judges.
     pub fn dialect(&self) -> Dialect {
-        *self.inner
+        self.inner.dialect
     }
 
-    /// Judge one SQL string. Not implemented yet: everything is doubtful, so the primary.
-    pub fn classify(&self, _sql: &str) -> Verdict {
-        Verdict::Primary(SwitchReason::Unknown)
+    /// Judge one SQL string (one statement, or several separated by `;`).
+    ///
+    /// Routing rules are tried first, in the order they were added; then the built-in
+    /// rules, with the user's function lists consulted before the built-in ones. Never
+    /// panics, and never allocates unless routing rules are configured.
+    pub fn classify(&self, sql: &str) -> Verdict {
+        let inner = &*self.inner;
+        for (regex, target) in &inner.ext.rules {
+            if regex.is_match(sql) {
+                return match target {
+                    Target::Primary => Verdict::Primary(SwitchReason::Rule),
+                    Target::Replica => Verdict::Replica,
+                };
+            }
+        }
+        rules::Judge {
+            dialect: inner.dialect,
+            ext: &inner.ext,
+        }
+        .verdict(sql)
     }
 
-    /// Build-time validation hook for user rules (none yet).
-    pub fn validate(&self) -> Result<(), Error> {
-        Ok(())
+    /// The statement's fingerprint (normalised text and hash).
+    pub fn fingerprint(&self, sql: &str) -> Fingerprint {
+        let mut text = String::with_capacity(sql.len());
+        fingerprint::normalise(sql, self.inner.dialect, &mut text);
+        let hash = fingerprint::fnv1a(&text);
+        Fingerprint { text, hash }
+    }
+
+    /// The same value as `self.fingerprint(sql).hash()`, computed without allocating.
+    ///
+    /// ```
+    /// use diesel_rwsplit::classify::{Classifier, Dialect};
+    ///
+    /// let c = Classifier::new(Dialect::Postgres);
+    /// let sql = "SELECT * FROM t WHERE id = 42";
+    /// assert_eq!(c.fingerprint_hash(sql), c.fingerprint(sql).hash());
+    /// ```
+    pub fn fingerprint_hash(&self, sql: &str) -> u64 {
+        let mut hash = fingerprint::Fnv::default();
+        fingerprint::normalise(sql, self.inner.dialect, &mut hash);
+        hash.0
+    }
+}
+
+/// Builds a [`Classifier`] with user extensions.
+///
+/// By default there are no extra write functions, no read-only overrides and no routing
+/// rules: the result behaves exactly like [`Classifier::new`].
+///
+/// ```
+/// use diesel_rwsplit::classify::{Classifier, Dialect, Verdict};
+/// use diesel_rwsplit::{SwitchReason, Target};
+///
+/// let c = Classifier::builder(Dialect::Postgres)
+///     .write_function("billing.charge_card")
+///     .read_only_function("currval")
+///     .rule(r"(?i)^\s*select .* from reports\b", Target::Primary)
+///     .build()?;
+/// assert_eq!(c.classify("SELECT charge_card(7)"), Verdict::Primary(SwitchReason::SideEffectFunction));
+/// assert_eq!(c.classify("SELECT currval('s')"), Verdict::Replica);
+/// assert_eq!(c.classify("SELECT * FROM reports"), Verdict::Primary(SwitchReason::Rule));
+/// # Ok::<(), diesel_rwsplit::Error>(())
+/// ```
+#[derive(Debug)]
+#[must_use]
+pub struct ClassifierBuilder {
+    dialect: Dialect,
+    write: Vec<String>,
+    read_only: Vec<String>,
+    rules: Vec<(String, Target)>,
+}
+
+impl ClassifierBuilder {
+    /// Declare a function that writes (or otherwise must run on the primary): a statement
+    /// calling it goes to the primary as [`SwitchReason::SideEffectFunction`].
+    ///
+    /// `name` may be schema-qualified (`billing.charge`); the schema is ignored, so a call
+    /// matches with any qualifier or none. An unquoted name matches calls in any case; a
+    /// PostgreSQL `"Quoted"` name matches exactly, as the server resolves it. MySQL names
+    /// ignore case. Default: none.
+    #[must_use = "the builder is consumed: keep the returned one"]
+    pub fn write_function(mut self, name: &str) -> Self {
+        self.write.push(name.to_owned());
+        self
+    }
+
+    /// Declare a function read-only: calls to it never send a statement to the primary,
+    /// even if it is a built-in side-effect function (say `currval`, when the application
+    /// knows what it is doing) or was declared with
+    /// [`write_function`](Self::write_function). Same name rules. Default: none.
+    #[must_use = "the builder is consumed: keep the returned one"]
+    pub fn read_only_function(mut self, name: &str) -> Self {
+        self.read_only.push(name.to_owned());
+        self
+    }
+
+    /// Add a routing rule: a statement whose raw SQL matches `pattern` (a [`regex`]
+    /// crate expression, unanchored unless you anchor it) goes to `target`, before any
+    /// built-in judgement. The first matching rule, in the order added, wins. A rule to
+    /// [`Target::Primary`] gives `Verdict::Primary(SwitchReason::Rule)`; a rule to
+    /// [`Target::Replica`] gives `Verdict::Replica` *even for a write*, so keep such rules
+    /// narrow. An invalid pattern makes [`build`](Self::build) fail. Default: none.
+    #[must_use = "the builder is consumed: keep the returned one"]
+    pub fn rule(mut self, pattern: &str, target: Target) -> Self {
+        self.rules.push((pattern.to_owned(), target));
+        self
+    }
+
+    /// Build the classifier.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRule`] for the first routing rule whose pattern does not compile.
+    pub fn build(self) -> Result<Classifier, Error> {
+        let dialect = self.dialect;
+        let rules = self
+            .rules
+            .into_iter()
+            .enumerate()
+            .map(|(index, (pattern, target))| {
+                Regex::new(&pattern)
+                    .map(|regex| (regex, target))
+                    .map_err(|source| Error::InvalidRule { index, source })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let parse = |names: Vec<String>| {
+            names
+                .iter()
+                .map(|n| UserFunction::parse(n, dialect))
+                .collect::<Vec<_>>()
+        };
+        let ext = Extensions {
+            write: parse(self.write),
+            read_only: parse(self.read_only),
+            rules,
+        };
+        Ok(Classifier {
+            inner: Arc::new(Inner { dialect, ext }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifier_is_send_sync_and_cheap_to_clone() {
+        fn assert_send_sync<T: Send + Sync + Clone>() {}
+        assert_send_sync::<Classifier>();
+    }
+
+    #[test]
+    fn invalid_rule_is_a_typed_error_with_its_index() {
+        let err = Classifier::builder(Dialect::Postgres)
+            .rule("^select", Target::Replica)
+            .rule("(unclosed", Target::Primary)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidRule { index: 1, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn first_matching_rule_wins_and_rules_come_first() {
+        let c = Classifier::builder(Dialect::Postgres)
+            .rule("(?i)^delete from scratch", Target::Replica)
+            .rule("(?i)delete", Target::Primary)
+            .rule("(?i)reports", Target::Primary)
+            .build()
+            .unwrap();
+        assert_eq!(c.classify("DELETE FROM scratch"), Verdict::Replica);
+        assert_eq!(
+            c.classify("DELETE FROM t"),
+            Verdict::Primary(SwitchReason::Rule)
+        );
+        assert_eq!(
+            c.classify("SELECT * FROM reports"),
+            Verdict::Primary(SwitchReason::Rule)
+        );
+        assert_eq!(c.classify("SELECT 1"), Verdict::Replica);
+    }
+
+    #[test]
+    fn user_functions_come_before_builtins() {
+        let c = Classifier::builder(Dialect::Postgres)
+            .write_function("app.touch")
+            .write_function("\"Audit\"")
+            .read_only_function("nextval")
+            .read_only_function("touch_ro")
+            .write_function("touch_ro")
+            .build()
+            .unwrap();
+        let se = Verdict::Primary(SwitchReason::SideEffectFunction);
+        assert_eq!(c.classify("SELECT touch(1)"), se);
+        assert_eq!(c.classify("SELECT app.TOUCH(1)"), se);
+        assert_eq!(c.classify("SELECT \"Audit\"()"), se);
+        assert_eq!(c.classify("SELECT audit()"), Verdict::Replica);
+        assert_eq!(c.classify("SELECT nextval('s')"), Verdict::Replica);
+        assert_eq!(c.classify("SELECT touch_ro()"), Verdict::Replica);
+        assert_eq!(c.classify("SELECT setval('s', 1)"), se);
+    }
+
+    #[test]
+    fn fingerprints_fold_literals_and_match_the_fast_hash() {
+        let c = Classifier::new(Dialect::Postgres);
+        let a = c.fingerprint("SELECT * FROM t WHERE id = 1");
+        let b = c.fingerprint("select *  from t where id=$1");
+        assert_eq!(a, b);
+        assert_eq!(a.text(), "select * from t where id = ?");
+        for sql in [
+            "SELECT * FROM t WHERE id = 1",
+            "INSERT INTO t VALUES ('secret', 2), ('other', 3)",
+            "SELECT 'unterminated",
+            "",
+        ] {
+            assert_eq!(c.fingerprint_hash(sql), c.fingerprint(sql).hash(), "{sql}");
+        }
+        let secret = c.fingerprint("SELECT 'hunter2', $$hunter3$$, E'hunter4', 31337 -- hunter5");
+        for leak in ["hunter", "31337"] {
+            assert!(!secret.text().contains(leak), "{}", secret.text());
+        }
     }
 }

@@ -386,14 +386,15 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Freeze a replica (SIGSTOP to its process group): it neither answers nor
-    /// closes connections, so new connections hang until the client's connect
-    /// timeout. Returns once the postmaster is stopped.
+    /// Freeze a replica (SIGSTOP to its postmaster's process group and to every
+    /// server process): like a hung machine, it neither answers nor closes
+    /// connections; open connections hang and new ones hang until the client's
+    /// connect timeout. Returns once every process is stopped.
     pub async fn freeze_replica(&self, index: usize) -> Result<()> {
         self.signal_replica(index, libc::SIGSTOP, true).await
     }
 
-    /// Thaw a frozen replica (SIGCONT). Returns once it runs again.
+    /// Thaw a frozen replica (SIGCONT to the same processes). Returns once they run again.
     pub async fn thaw_replica(&self, index: usize) -> Result<()> {
         self.signal_replica(index, libc::SIGCONT, false).await
     }
@@ -402,10 +403,21 @@ impl LocalCluster {
         let node = self.replica(index)?;
         let run = async {
             let pid = node.pid().ok_or("replica is not running")?;
+            // Backends lead process groups of their own (PostgreSQL calls setsid() in
+            // each child), so the postmaster's group alone would leave open
+            // connections answering: signal every child as well.
+            let mut processes = vec![pid];
+            processes.extend(process::children(pid));
             process::signal_group(pid, signal)?;
+            for child in &processes[1..] {
+                let _ = process::signal_pid(*child, signal);
+            }
             poll_until(self.timeout, "process state", || async {
-                let frozen = process::process_state(pid) == Some('T');
-                Ok((frozen == stopped).then_some(()))
+                let all = processes
+                    .iter()
+                    .filter(|p| !process::is_gone(**p))
+                    .all(|p| (process::process_state(*p) == Some('T')) == stopped);
+                Ok(all.then_some(()))
             })
             .await
         };
@@ -526,6 +538,9 @@ impl LocalCluster {
         for node in &nodes {
             if let Some(pid) = node.pid() {
                 let _ = process::signal_group(pid, libc::SIGCONT);
+                for child in process::children(pid) {
+                    let _ = process::signal_pid(child, libc::SIGCONT);
+                }
                 let _ = process::signal_pid(pid, libc::SIGINT);
             }
         }

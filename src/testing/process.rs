@@ -139,6 +139,30 @@ fn send(target: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// Every process whose parent is `parent` (a postmaster's backends and workers).
+pub(super) fn children(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let Some(close) = stat.rfind(')') else {
+                return false;
+            };
+            // Fields after the name: state, then ppid.
+            stat[close + 1..]
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u32>().ok())
+                == Some(parent)
+        })
+        .collect()
+}
+
 /// The one-letter state of a process from `/proc/PID/stat` (`None`: no such process).
 pub(super) fn process_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -178,8 +202,11 @@ pub(super) fn wait_exit(pid: u32, child: Option<&mut Child>, timeout: Duration) 
 
 /// Stop a postmaster: fast shutdown, then immediate, then SIGKILL on its whole group.
 pub(super) fn stop_server(pid: u32, mut child: Option<&mut Child>) -> bool {
-    // A frozen server cannot act on SIGINT.
+    // A frozen server cannot act on SIGINT, nor can its frozen backends exit.
     let _ = signal_group(pid, libc::SIGCONT);
+    for child in children(pid) {
+        let _ = signal_pid(child, libc::SIGCONT);
+    }
     for (signal, wait) in [
         (libc::SIGINT, Duration::from_secs(10)),
         (libc::SIGQUIT, Duration::from_secs(5)),
@@ -206,6 +233,7 @@ for f in "$dir"/*/postmaster.pid; do
   pid=$(head -n 1 "$f")
   [ "$(cat /proc/$pid/comm 2>/dev/null)" = postgres ] || continue
   kill -CONT -"$pid" 2>/dev/null
+  pkill -CONT -P "$pid" 2>/dev/null
   kill -INT "$pid" 2>/dev/null
   pids="$pids $pid"
 done

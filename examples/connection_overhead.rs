@@ -1,0 +1,185 @@
+//! Overhead of the switchable connection on the read path.
+//!
+//! ```text
+//! cargo run --release --example connection_overhead [-- ROUNDS QUERIES_PER_ROUND]
+//! ```
+//!
+//! One replica of a local cluster, one connection each: a plain `AsyncPgConnection`,
+//! a `SwitchableConnection` from a default `SwitchablePool` (read retry on: every
+//! replica read is rendered to owned SQL + binds so that it can be re-run), and one
+//! from a pool with `read_retry(false)`, all reading a row by primary key with the
+//! typed DSL and with `sql_query`. The variants run interleaved, round after round,
+//! so machine noise hits them alike; the report gives the median throughput of
+//! each and the switchable/plain ratios.
+
+use std::time::Instant;
+
+use diesel::prelude::*;
+use diesel::sql_types::{Integer, Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_rwsplit::testing::LocalCluster;
+use diesel_rwsplit::{SwitchablePool, Target};
+
+diesel::table! {
+    bench_kv (id) {
+        id -> Integer,
+        v -> Text,
+    }
+}
+
+#[derive(QueryableByName)]
+#[allow(dead_code)]
+struct Row {
+    #[diesel(sql_type = Integer)]
+    id: i32,
+    #[diesel(sql_type = Text)]
+    v: String,
+}
+
+const KEYS: i32 = 1000;
+
+async fn typed<C>(conn: &mut C, n: usize) -> f64
+where
+    C: AsyncConnection<Backend = diesel::pg::Pg> + Send,
+    for<'a> diesel::dsl::Limit<diesel::dsl::Find<bench_kv::table, i32>>:
+        diesel_async::methods::LoadQuery<'a, C, (i32, String)>,
+{
+    let started = Instant::now();
+    for i in 0..n {
+        let key = (i as i32 * 7919) % KEYS + 1;
+        let row: (i32, String) = bench_kv::table.find(key).first(conn).await.unwrap();
+        assert_eq!(row.0, key);
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn raw<C>(conn: &mut C, n: usize) -> f64
+where
+    C: AsyncConnection<Backend = diesel::pg::Pg> + Send,
+    diesel::query_builder::BoxedSqlQuery<'static, diesel::pg::Pg, diesel::query_builder::SqlQuery>:
+        diesel_async::methods::LoadQuery<'static, C, Row>,
+{
+    let started = Instant::now();
+    for i in 0..n {
+        let key = (i as i32 * 7919) % KEYS + 1;
+        let row: Row = diesel::sql_query("SELECT id, v FROM bench_kv WHERE id = $1")
+            .into_boxed()
+            .bind::<Integer, _>(key)
+            .get_result(conn)
+            .await
+            .unwrap();
+        assert_eq!(row.id, key);
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let rounds = <[usize]>::first(&args).copied().unwrap_or(15);
+    let per_round = args.get(1).copied().unwrap_or(2000);
+
+    let cluster = LocalCluster::start(1).await?;
+    let mut setup = AsyncPgConnection::establish(&cluster.primary_url()).await?;
+    diesel::sql_query("CREATE TABLE bench_kv (id INT PRIMARY KEY, v TEXT NOT NULL)")
+        .execute(&mut setup)
+        .await?;
+    diesel::sql_query(
+        "INSERT INTO bench_kv SELECT g, md5(g::text) FROM generate_series(1, 1000) g",
+    )
+    .execute(&mut setup)
+    .await?;
+    cluster
+        .wait_for_replicas(std::time::Duration::from_secs(10))
+        .await?;
+
+    let replica_url = cluster.replica_url(0)?;
+    let mut plain = AsyncPgConnection::establish(&replica_url).await?;
+    let pool = SwitchablePool::<AsyncPgConnection>::builder()
+        .primary(cluster.primary_url())
+        .replicas([replica_url.clone()])
+        .replica_max_size(1)
+        .build()
+        .await?;
+    let mut switchable = pool.get().await?;
+    let no_retry_pool = SwitchablePool::<AsyncPgConnection>::builder()
+        .primary(cluster.primary_url())
+        .replicas([replica_url])
+        .replica_max_size(1)
+        .read_retry(false)
+        .build()
+        .await?;
+    let mut no_retry = no_retry_pool.get().await?;
+
+    // Warm all: connections, prepared-statement caches, the verdict cache.
+    typed(&mut plain, 200).await;
+    typed(&mut switchable, 200).await;
+    typed(&mut no_retry, 200).await;
+    raw(&mut plain, 200).await;
+    raw(&mut switchable, 200).await;
+    raw(&mut no_retry, 200).await;
+
+    // [typed plain, typed switchable, typed no-retry, raw plain, raw switchable, raw no-retry]
+    let mut results: [Vec<f64>; 6] = Default::default();
+    for round in 0..rounds {
+        // Rotate the order so that none always runs first or last.
+        for step in 0..3 {
+            match (round + step) % 3 {
+                0 => {
+                    results[0].push(typed(&mut plain, per_round).await);
+                    results[3].push(raw(&mut plain, per_round).await);
+                }
+                1 => {
+                    results[1].push(typed(&mut switchable, per_round).await);
+                    results[4].push(raw(&mut switchable, per_round).await);
+                }
+                _ => {
+                    results[2].push(typed(&mut no_retry, per_round).await);
+                    results[5].push(raw(&mut no_retry, per_round).await);
+                }
+            }
+        }
+    }
+    assert_eq!(
+        switchable.target(),
+        Target::Replica,
+        "reads must never flip"
+    );
+    let m: Vec<f64> = results.iter_mut().map(|r| median(r)).collect();
+    println!(
+        "{rounds} rounds x {per_round} point reads per variant, one replica, one connection each"
+    );
+    println!("| query | plain (q/s) | switchable, read retry on (q/s) | ratio | switchable, read retry off (q/s) | ratio |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| typed DSL `find(id).first()` | {:.0} | {:.0} | {:.3} | {:.0} | {:.3} |",
+        m[0],
+        m[1],
+        m[1] / m[0],
+        m[2],
+        m[2] / m[0]
+    );
+    println!(
+        "| `sql_query` with a bind | {:.0} | {:.0} | {:.3} | {:.0} | {:.3} |",
+        m[3],
+        m[4],
+        m[4] / m[3],
+        m[5],
+        m[5] / m[3]
+    );
+    let stats = pool.stats();
+    println!(
+        "replica statements: {}, flips: {}",
+        stats.statements(Target::Replica),
+        stats.total_switches()
+    );
+    Ok(())
+}

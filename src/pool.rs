@@ -1,0 +1,1003 @@
+//! `SwitchablePool`: one bb8 pool per node, replica balancing, health and fallback.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diesel_async::AsyncPgConnection;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+
+use crate::classify::Classifier;
+use crate::connection::{
+    Handle, InterlockMode, NodePool as NodeConnections, NodePoolSettings, NodeSource, ReplicaLease,
+    SwitchTarget, SwitchableConnection,
+};
+use crate::error::NodeStep;
+use crate::router::Router;
+use crate::stats::StatsSnapshot;
+use crate::{Error, Route, Target};
+
+/// How replica-first connections choose among the admitted replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Balance {
+    /// Each in turn (default).
+    #[default]
+    RoundRobin,
+    /// Uniformly at random.
+    Random,
+    /// The replica with the fewest connections currently checked out through this pool.
+    LeastOutstanding,
+    /// At random, in proportion to these weights (one per replica, in order; a
+    /// weight of 0 takes a replica out of normal rotation).
+    Weighted(Vec<u32>),
+}
+
+/// Health of one replica as seen by this pool. All fields are atomics: selection
+/// reads them without a lock.
+#[derive(Debug, Default)]
+struct Health {
+    /// Out of rotation until a background probe succeeds.
+    ejected: AtomicBool,
+    /// Nanoseconds since the pool's epoch of the next probe of an ejected replica.
+    next_probe_at: AtomicU64,
+    consecutive_failures: AtomicU32,
+    probing: AtomicBool,
+    outstanding: AtomicUsize,
+}
+
+struct NodePool<C: SwitchTarget> {
+    name: String,
+    pool: Arc<dyn NodeConnections<C>>,
+    health: Health,
+    weight: u32,
+}
+
+impl<C: SwitchTarget> NodePool<C> {
+    fn checkout(&self) -> BoxFuture<'static, Result<Handle<C>, Error>> {
+        let name = self.name.clone();
+        let checkout = self.pool.checkout();
+        async move {
+            checkout.await.map_err(|source| Error::Node {
+                node: name,
+                step: NodeStep::Checkout,
+                source,
+            })
+        }
+        .boxed()
+    }
+}
+
+/// A replica connection that keeps its node's outstanding count while checked out.
+struct Counted<C> {
+    inner: Handle<C>,
+    node: Arc<PoolInner<C>>,
+    index: usize,
+}
+
+impl<C> Deref for Counted<C> {
+    type Target = C;
+
+    fn deref(&self) -> &C {
+        &self.inner
+    }
+}
+
+impl<C> DerefMut for Counted<C> {
+    fn deref_mut(&mut self) -> &mut C {
+        &mut self.inner
+    }
+}
+
+impl<C> Drop for Counted<C> {
+    fn drop(&mut self) {
+        // `PoolInner<C>` only exists for `C: SwitchTarget`, but Drop cannot require it.
+        self.node.release_outstanding(self.index);
+    }
+}
+
+/// Backoff of ejected replicas: `base * 2^(failures - 1)`, capped.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    base: Duration,
+    cap: Duration,
+}
+
+impl Backoff {
+    fn after(self, failures: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(failures.saturating_sub(1).min(20))
+            .unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+}
+
+struct PoolInner<C> {
+    epoch: Instant,
+    primary: NodePoolBox<C>,
+    replicas: Vec<NodePoolBox<C>>,
+    next_replica: AtomicUsize,
+    random_state: AtomicU64,
+    router: RouterBox<C>,
+    default_route: Route,
+    balance: Balance,
+    backoff: Backoff,
+    fallback_to_primary: bool,
+}
+
+// Boxed behind traits so that `PoolInner<C>` (and `Counted<C>`'s Drop) need no bound.
+type NodePoolBox<C> = Box<dyn NodeHandle<C>>;
+type RouterBox<C> = Arc<dyn RouterHandle<C>>;
+
+trait NodeHandle<C>: Send + Sync {
+    fn node(&self) -> &dyn NodeAccess<C>;
+}
+
+trait NodeAccess<C>: Send + Sync {
+    fn name(&self) -> &str;
+    fn health(&self) -> &Health;
+    fn weight(&self) -> u32;
+    fn checkout(&self) -> BoxFuture<'static, Result<Handle<C>, Error>>;
+}
+
+impl<C: SwitchTarget> NodeAccess<C> for NodePool<C> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn health(&self) -> &Health {
+        &self.health
+    }
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn checkout(&self) -> BoxFuture<'static, Result<Handle<C>, Error>> {
+        NodePool::checkout(self)
+    }
+}
+
+impl<C: SwitchTarget> NodeHandle<C> for NodePool<C> {
+    fn node(&self) -> &dyn NodeAccess<C> {
+        self
+    }
+}
+
+trait RouterHandle<C>: Send + Sync {
+    fn stats(&self) -> &crate::stats::Stats;
+}
+
+impl<C: SwitchTarget> RouterHandle<C> for Router<C> {
+    fn stats(&self) -> &crate::stats::Stats {
+        &self.stats
+    }
+}
+
+impl<C> PoolInner<C> {
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn replica(&self, index: usize) -> &dyn NodeAccess<C> {
+        self.replicas[index].node()
+    }
+
+    fn is_admitted(&self, index: usize) -> bool {
+        !self.replica(index).health().ejected.load(Ordering::Relaxed)
+    }
+
+    fn release_outstanding(&self, index: usize) {
+        self.replica(index)
+            .health()
+            .outstanding
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Admitted replicas in the order they should be tried, per the balancing policy.
+    fn replica_order(&self, excluding: Option<usize>) -> Vec<usize> {
+        let mut admitted: Vec<usize> = (0..self.replicas.len())
+            .filter(|i| Some(*i) != excluding && self.is_admitted(*i))
+            .collect();
+        if admitted.len() <= 1 {
+            return admitted;
+        }
+        let first = match &self.balance {
+            Balance::RoundRobin => {
+                self.next_replica.fetch_add(1, Ordering::Relaxed) % admitted.len()
+            }
+            Balance::Random => (self.random() % admitted.len() as u64) as usize,
+            Balance::LeastOutstanding => {
+                let load = |i: &usize| {
+                    self.replica(*i)
+                        .health()
+                        .outstanding
+                        .load(Ordering::Relaxed)
+                };
+                let least = admitted.iter().map(load).min().unwrap_or(0);
+                // Among equally loaded replicas, rotate so that ties spread.
+                let tied: Vec<usize> = (0..admitted.len())
+                    .filter(|p| load(&admitted[*p]) == least)
+                    .collect();
+                tied[self.next_replica.fetch_add(1, Ordering::Relaxed) % tied.len()]
+            }
+            Balance::Weighted(_) => {
+                let total: u64 = admitted
+                    .iter()
+                    .map(|i| u64::from(self.replica(*i).weight()))
+                    .sum();
+                if total == 0 {
+                    0
+                } else {
+                    let mut ticket = self.random() % total;
+                    admitted
+                        .iter()
+                        .position(|i| {
+                            let weight = u64::from(self.replica(*i).weight());
+                            if ticket < weight {
+                                true
+                            } else {
+                                ticket -= weight;
+                                false
+                            }
+                        })
+                        .unwrap_or(0)
+                }
+            }
+        };
+        admitted.rotate_left(first);
+        admitted
+    }
+
+    /// xorshift64*: a shared, lock-free, statistically adequate generator for balancing.
+    fn random(&self) -> u64 {
+        let mut x = self.random_state.load(Ordering::Relaxed);
+        loop {
+            let mut next = x;
+            next ^= next >> 12;
+            next ^= next << 25;
+            next ^= next >> 27;
+            match self.random_state.compare_exchange_weak(
+                x,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return next.wrapping_mul(0x2545_F491_4F6C_DD1D),
+                Err(actual) => x = actual,
+            }
+        }
+    }
+}
+
+impl<C: SwitchTarget> PoolInner<C> {
+    /// Take replica `index` out of rotation for a backoff and start probing it.
+    fn eject(self: &Arc<Self>, index: usize, error: &str) {
+        let node = self.replica(index);
+        let failures = node
+            .health()
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        let backoff = self.backoff.after(failures);
+        let until = self
+            .now()
+            .saturating_add(u64::try_from(backoff.as_nanos()).unwrap_or(u64::MAX));
+        node.health().next_probe_at.store(until, Ordering::Relaxed);
+        node.health().ejected.store(true, Ordering::Relaxed);
+        self.router.stats().record_ejection();
+        tracing::warn!(target: "diesel_rwsplit::pool", replica = node.name(), error, backoff = ?backoff, "replica ejected");
+        if !node.health().probing.swap(true, Ordering::Relaxed) {
+            let pool = Arc::clone(self);
+            // The probe holds the pool alive only until the replica answers.
+            tokio::spawn(async move { pool.probe(index).await });
+        }
+    }
+
+    /// Probe an ejected replica after each backoff until a checkout succeeds, then
+    /// re-admit it.
+    async fn probe(self: Arc<Self>, index: usize) {
+        loop {
+            let until = self
+                .replica(index)
+                .health()
+                .next_probe_at
+                .load(Ordering::Relaxed);
+            let wait = until.saturating_sub(self.now());
+            tokio::time::sleep(Duration::from_nanos(wait)).await;
+            let node = self.replica(index);
+            match node.checkout().await {
+                Ok(conn) => {
+                    drop(conn);
+                    node.health()
+                        .consecutive_failures
+                        .store(0, Ordering::Relaxed);
+                    node.health().probing.store(false, Ordering::Relaxed);
+                    node.health().ejected.store(false, Ordering::Relaxed);
+                    self.router.stats().record_readmission();
+                    tracing::info!(target: "diesel_rwsplit::pool", replica = node.name(), "replica re-admitted");
+                    return;
+                }
+                Err(e) => {
+                    let failures = node
+                        .health()
+                        .consecutive_failures
+                        .fetch_add(1, Ordering::Relaxed)
+                        + 1;
+                    let backoff = self.backoff.after(failures);
+                    let until = self
+                        .now()
+                        .saturating_add(u64::try_from(backoff.as_nanos()).unwrap_or(u64::MAX));
+                    node.health().next_probe_at.store(until, Ordering::Relaxed);
+                    tracing::debug!(target: "diesel_rwsplit::pool", replica = node.name(), error = %e, "probe failed");
+                }
+            }
+        }
+    }
+
+    /// Check out a replica, trying admitted replicas in policy order and ejecting
+    /// the ones that fail. `None`: no replica could be checked out.
+    async fn checkout_replica(
+        self: &Arc<Self>,
+        excluding: Option<usize>,
+    ) -> Option<ReplicaLease<C>> {
+        for index in self.replica_order(excluding) {
+            let node = self.replica(index);
+            node.health().outstanding.fetch_add(1, Ordering::Relaxed);
+            let counted = |inner| Counted {
+                inner,
+                node: Arc::clone(self),
+                index,
+            };
+            match node.checkout().await {
+                Ok(handle) => {
+                    node.health()
+                        .consecutive_failures
+                        .store(0, Ordering::Relaxed);
+                    self.router.stats().record_checkout(Target::Replica);
+                    let handle: Handle<C> = Box::new(counted(handle));
+                    return Some(ReplicaLease {
+                        handle,
+                        index,
+                        name: node.name().to_owned(),
+                    });
+                }
+                Err(e) => {
+                    self.release_outstanding(index);
+                    self.eject(index, &e.to_string());
+                }
+            }
+        }
+        None
+    }
+
+    async fn checkout_primary(&self) -> Result<Handle<C>, Error> {
+        let handle = self.primary.node().checkout().await?;
+        self.router.stats().record_checkout(Target::Primary);
+        Ok(handle)
+    }
+}
+
+/// The pool as its connections' node source.
+struct Source<C>(Arc<PoolInner<C>>);
+
+impl<C: SwitchTarget> NodeSource<C> for Source<C> {
+    fn acquire_primary(&self) -> BoxFuture<'static, Result<Handle<C>, Error>> {
+        let inner = Arc::clone(&self.0);
+        async move { inner.checkout_primary().await }.boxed()
+    }
+
+    fn acquire_other_replica(&self, failed: usize) -> BoxFuture<'static, Option<ReplicaLease<C>>> {
+        let inner = Arc::clone(&self.0);
+        async move { inner.checkout_replica(Some(failed)).await }.boxed()
+    }
+
+    fn replica_failed(&self, index: usize, error: &str) {
+        if self.0.is_admitted(index) {
+            self.0.eject(index, error);
+        }
+    }
+}
+
+/// A pool of [`SwitchableConnection`]s over a primary and its replicas.
+///
+/// Under it there is one bb8 pool of diesel-async connections per node. Replica
+/// connections are read-only at the server (`default_transaction_read_only = on`),
+/// so a write that got past the classifier fails loudly (SQLSTATE 25006) instead
+/// of landing anywhere. The primary pool opens no connection until a connection
+/// first flips to it.
+///
+/// Health: a replica that fails to connect, or whose connection breaks during a
+/// read, is ejected for a backoff (exponential, capped) and probed in the
+/// background until it answers, then re-admitted. The primary is never ejected.
+/// With every replica out, replica-first connections are served by the primary
+/// (counted in [`StatsSnapshot::replica_fallbacks`]) unless
+/// [`fallback_to_primary(false)`](SwitchablePoolBuilder::fallback_to_primary).
+///
+/// Cheap to clone; `Send + Sync`. Background probes need a Tokio runtime.
+///
+/// ```no_run
+/// # async fn demo(primary_url: &str, replica_urls: Vec<String>) -> Result<(), Box<dyn std::error::Error>> {
+/// use diesel_async::AsyncPgConnection;
+/// use diesel_rwsplit::{InterlockMode, Route, SwitchablePool, Target};
+///
+/// let pool = SwitchablePool::<AsyncPgConnection>::builder()
+///     .primary(primary_url)
+///     .replicas(replica_urls)
+///     .interlock(InterlockMode::Switch)
+///     .default_route(Route::Replica)
+///     .build()
+///     .await?;
+/// let mut conn = pool.get().await?;
+/// assert_eq!(conn.target(), Target::Replica);
+/// # Ok(()) }
+/// ```
+pub struct SwitchablePool<C: SwitchTarget = AsyncPgConnection> {
+    inner: Arc<PoolInner<C>>,
+    router: Arc<Router<C>>,
+}
+
+impl<C: SwitchTarget> Clone for SwitchablePool<C> {
+    fn clone(&self) -> Self {
+        SwitchablePool {
+            inner: Arc::clone(&self.inner),
+            router: Arc::clone(&self.router),
+        }
+    }
+}
+
+impl<C: SwitchTarget> fmt::Debug for SwitchablePool<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SwitchablePool")
+            .field("nodes", &self.node_names())
+            .field("interlock", &self.router.mode)
+            .field("default_route", &self.inner.default_route)
+            .field("balance", &self.inner.balance)
+            .finish()
+    }
+}
+
+impl<C: SwitchTarget> SwitchablePool<C> {
+    /// A builder. Only [`primary`](SwitchablePoolBuilder::primary) is required.
+    pub fn builder() -> SwitchablePoolBuilder<C> {
+        SwitchablePoolBuilder::default()
+    }
+
+    /// A connection on the default route ([`Route::Replica`] unless configured):
+    /// replica-first with the interlock armed, or on the primary.
+    ///
+    /// In `Observe` mode every connection uses the primary only (checked out at its
+    /// first statement) and records what `Switch` would have done.
+    ///
+    /// Cancellation: dropping the future while it waits for a node returns what it
+    /// had checked out to its pool; nothing leaks.
+    pub async fn get(&self) -> Result<PooledConnection<C>, Error> {
+        match self.inner.default_route {
+            Route::Replica => self.get_replica().await,
+            Route::Primary => self.get_primary().await,
+        }
+    }
+
+    /// A connection on the primary, checked out now.
+    pub async fn get_primary(&self) -> Result<PooledConnection<C>, Error> {
+        let primary = self.inner.checkout_primary().await?;
+        let conn = SwitchableConnection::on_primary(
+            primary,
+            Some(self.source()),
+            Arc::clone(&self.router),
+        );
+        Ok(PooledConnection { conn })
+    }
+
+    /// A replica-first connection whatever the default route (targeted adoption:
+    /// send one chosen read to a replica). The interlock stays armed.
+    ///
+    /// Admitted replicas are tried in the balancing policy's order; a replica that
+    /// fails is ejected and the next one tried. If none answers, the connection is
+    /// served by the primary (counted), or [`Error::NoReplicaAvailable`] is
+    /// returned when fallback is off. With no replicas configured, everything is on
+    /// the primary.
+    pub async fn get_replica(&self) -> Result<PooledConnection<C>, Error> {
+        if self.router.mode == InterlockMode::Observe {
+            return Ok(PooledConnection {
+                conn: SwitchableConnection::observing(self.source(), Arc::clone(&self.router)),
+            });
+        }
+        if self.inner.replicas.is_empty() {
+            return self.get_primary().await;
+        }
+        if let Some(lease) = self.inner.checkout_replica(None).await {
+            let conn =
+                SwitchableConnection::replica_first(lease, self.source(), Arc::clone(&self.router));
+            return Ok(PooledConnection { conn });
+        }
+        if !self.inner.fallback_to_primary {
+            return Err(Error::NoReplicaAvailable {
+                replicas: self.inner.replicas.len(),
+            });
+        }
+        self.router.stats.record_replica_fallback();
+        self.get_primary().await
+    }
+
+    fn source(&self) -> Arc<dyn NodeSource<C>> {
+        Arc::new(Source(Arc::clone(&self.inner)))
+    }
+
+    /// A snapshot of the pool's counters (flips by reason, statements per target,
+    /// fallbacks, retries, ejections, top fingerprints, ...). Cheap; takes no lock
+    /// that a statement waits on.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.router.stats.snapshot()
+    }
+
+    /// The interlock mode.
+    pub fn interlock(&self) -> InterlockMode {
+        self.router.mode
+    }
+
+    /// Printable names of the nodes (`primary (host:port)`, `replica1 (host:port)`, ...).
+    pub fn node_names(&self) -> Vec<String> {
+        std::iter::once(&self.inner.primary)
+            .chain(&self.inner.replicas)
+            .map(|n| n.node().name().to_owned())
+            .collect()
+    }
+
+    /// Whether each replica is currently in rotation (not ejected), in order.
+    pub fn replica_admitted(&self) -> Vec<bool> {
+        (0..self.inner.replicas.len())
+            .map(|i| self.inner.is_admitted(i))
+            .collect()
+    }
+}
+
+/// A [`SwitchableConnection`] checked out of a [`SwitchablePool`].
+///
+/// Derefs to the connection and is itself a diesel-async `AsyncConnection`, so
+/// `RunQueryDsl` methods take `&mut conn` directly. Dropping it returns the
+/// replica and (if it flipped) the primary connection to their pools with all
+/// routing state reset; a connection dropped in the middle of a transaction or
+/// while panicking is discarded, not reused.
+pub struct PooledConnection<C: SwitchTarget = AsyncPgConnection> {
+    conn: SwitchableConnection<C>,
+}
+
+impl<C: SwitchTarget> PooledConnection<C> {
+    /// The connection itself, for code that manages its lifetime (the bb8 adapter).
+    /// Dropping it still returns its node connections to their pools.
+    pub fn into_inner(self) -> SwitchableConnection<C> {
+        self.conn
+    }
+}
+
+impl<C: SwitchTarget> fmt::Debug for PooledConnection<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("PooledConnection").field(&self.conn).finish()
+    }
+}
+
+impl<C: SwitchTarget> Deref for PooledConnection<C> {
+    type Target = SwitchableConnection<C>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl<C: SwitchTarget> DerefMut for PooledConnection<C> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
+}
+
+/// Settings of one role's node pools.
+#[derive(Debug, Clone, Copy)]
+struct RoleSettings {
+    max_size: u32,
+    connect_timeout: Duration,
+    checkout_timeout: Duration,
+    statement_timeout: Option<Duration>,
+}
+
+/// Builds a [`SwitchablePool`].
+#[must_use]
+pub struct SwitchablePoolBuilder<C: SwitchTarget = AsyncPgConnection> {
+    primary: Option<String>,
+    replicas: Vec<String>,
+    interlock: InterlockMode,
+    default_route: Route,
+    classifier: Option<Classifier>,
+    balance: Balance,
+    primary_settings: RoleSettings,
+    replica_settings: RoleSettings,
+    backoff: Backoff,
+    fallback_to_primary: bool,
+    read_retry: bool,
+    verify_on_build: bool,
+    _connection: std::marker::PhantomData<fn() -> C>,
+}
+
+impl<C: SwitchTarget> fmt::Debug for SwitchablePoolBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // URLs may carry passwords: show only how many there are.
+        f.debug_struct("SwitchablePoolBuilder")
+            .field("primary", &self.primary.as_ref().map(|_| "<set>"))
+            .field("replicas", &self.replicas.len())
+            .field("interlock", &self.interlock)
+            .field("default_route", &self.default_route)
+            .field("balance", &self.balance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: SwitchTarget> Default for SwitchablePoolBuilder<C> {
+    fn default() -> Self {
+        SwitchablePoolBuilder {
+            primary: None,
+            replicas: Vec::new(),
+            interlock: InterlockMode::Switch,
+            default_route: Route::Replica,
+            classifier: None,
+            balance: Balance::RoundRobin,
+            primary_settings: RoleSettings {
+                max_size: 10,
+                connect_timeout: Duration::from_secs(10),
+                checkout_timeout: Duration::from_secs(30),
+                statement_timeout: None,
+            },
+            replica_settings: RoleSettings {
+                max_size: 20,
+                connect_timeout: Duration::from_secs(2),
+                checkout_timeout: Duration::from_secs(3),
+                statement_timeout: None,
+            },
+            backoff: Backoff {
+                base: Duration::from_millis(500),
+                cap: Duration::from_secs(30),
+            },
+            fallback_to_primary: true,
+            read_retry: true,
+            verify_on_build: true,
+            _connection: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
+    /// Connection URL of the primary. Required.
+    pub fn primary(mut self, url: impl Into<String>) -> Self {
+        self.primary = Some(url.into());
+        self
+    }
+
+    /// Connection URLs of the replicas. Default: none (everything on the primary).
+    pub fn replicas<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.replicas = urls.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// What the safety interlock does. Default: [`InterlockMode::Switch`].
+    pub fn interlock(mut self, mode: InterlockMode) -> Self {
+        self.interlock = mode;
+        self
+    }
+
+    /// Where [`SwitchablePool::get`] connections start. Default: [`Route::Replica`].
+    pub fn default_route(mut self, route: Route) -> Self {
+        self.default_route = route;
+        self
+    }
+
+    /// The statement classifier, e.g. with the application's own write functions
+    /// declared. Default: `Classifier::new(Dialect::Postgres)`, built-in rules only.
+    pub fn classifier(mut self, classifier: Classifier) -> Self {
+        self.classifier = Some(classifier);
+        self
+    }
+
+    /// How replicas are chosen. Default: [`Balance::RoundRobin`].
+    pub fn balance(mut self, balance: Balance) -> Self {
+        self.balance = balance;
+        self
+    }
+
+    /// Maximum connections in the primary's pool. Default: 10.
+    pub fn primary_max_size(mut self, size: u32) -> Self {
+        self.primary_settings.max_size = size;
+        self
+    }
+
+    /// Maximum connections in each replica's pool. Default: 20 (replicas take the reads).
+    pub fn replica_max_size(mut self, size: u32) -> Self {
+        self.replica_settings.max_size = size;
+        self
+    }
+
+    /// Bound on establishing one primary connection. Default: 10 s.
+    pub fn primary_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.primary_settings.connect_timeout = timeout;
+        self
+    }
+
+    /// Bound on establishing one replica connection. Default: 2 s (short: a frozen
+    /// replica must not hold reads up when another node can serve them).
+    pub fn replica_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.replica_settings.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a checkout may wait for a primary connection. Default: 30 s.
+    pub fn primary_checkout_timeout(mut self, timeout: Duration) -> Self {
+        self.primary_settings.checkout_timeout = timeout;
+        self
+    }
+
+    /// How long a checkout may wait for a replica connection (connecting and
+    /// validating included) before the replica is ejected and the next node tried.
+    /// Default: 3 s.
+    pub fn replica_checkout_timeout(mut self, timeout: Duration) -> Self {
+        self.replica_settings.checkout_timeout = timeout;
+        self
+    }
+
+    /// Server-side `statement_timeout` for primary sessions. Default: none (the
+    /// server's setting).
+    pub fn primary_statement_timeout(mut self, timeout: Duration) -> Self {
+        self.primary_settings.statement_timeout = Some(timeout);
+        self
+    }
+
+    /// Server-side `statement_timeout` for replica sessions. Default: none.
+    pub fn replica_statement_timeout(mut self, timeout: Duration) -> Self {
+        self.replica_settings.statement_timeout = Some(timeout);
+        self
+    }
+
+    /// How long an ejected replica stays out before its first probe, doubling per
+    /// failed probe up to `cap`. Default: 500 ms, capped at 30 s.
+    pub fn ejection_backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.backoff = Backoff {
+            base,
+            cap: cap.max(base),
+        };
+        self
+    }
+
+    /// Serve replica-first connections from the primary when no replica can be
+    /// checked out (counted). `false`: return [`Error::NoReplicaAvailable`]
+    /// instead. Default: `true`.
+    pub fn fallback_to_primary(mut self, fallback: bool) -> Self {
+        self.fallback_to_primary = fallback;
+        self
+    }
+
+    /// Retry once, on another replica or the primary, a replica read that failed at
+    /// the connection level before any row came back (counted; writes are never
+    /// retried). Costs rendering each replica read to owned SQL and binds. Default: `true`.
+    pub fn read_retry(mut self, retry: bool) -> Self {
+        self.read_retry = retry;
+        self
+    }
+
+    /// Check at [`build`](Self::build) that every node's host accepts TCP
+    /// connections (within the role's connect timeout), without opening a database
+    /// session. Default: `true`.
+    pub fn verify_on_build(mut self, verify: bool) -> Self {
+        self.verify_on_build = verify;
+        self
+    }
+
+    /// Build the pool. Validates the configuration and every URL and, unless
+    /// [`verify_on_build(false)`](Self::verify_on_build), that every host is
+    /// reachable; opens no database session (the first checkout does).
+    pub async fn build(self) -> Result<SwitchablePool<C>, Error> {
+        let primary_url = self
+            .primary
+            .ok_or_else(|| Error::InvalidConfig("no primary URL was given".into()))?;
+        for (role, settings) in [
+            ("primary", &self.primary_settings),
+            ("replica", &self.replica_settings),
+        ] {
+            if settings.max_size == 0 {
+                return Err(Error::InvalidConfig(format!(
+                    "the {role} pool size must be at least 1"
+                )));
+            }
+            if settings.checkout_timeout.is_zero() || settings.connect_timeout.is_zero() {
+                return Err(Error::InvalidConfig(format!(
+                    "the {role} timeouts must be longer than zero"
+                )));
+            }
+        }
+        if let Balance::Weighted(weights) = &self.balance {
+            if weights.len() != self.replicas.len() {
+                return Err(Error::InvalidConfig(format!(
+                    "{} weights given for {} replicas",
+                    weights.len(),
+                    self.replicas.len()
+                )));
+            }
+        }
+        let primary_name = format!("primary ({})", describe_url(&primary_url, "primary")?);
+        if self.verify_on_build {
+            let mut checks = vec![reachable(
+                primary_name.clone(),
+                primary_url.clone(),
+                self.primary_settings.connect_timeout,
+            )];
+            for (index, url) in self.replicas.iter().enumerate() {
+                let name = format!(
+                    "replica{} ({})",
+                    index + 1,
+                    describe_url(url, &format!("replica{}", index + 1))?
+                );
+                checks.push(reachable(
+                    name,
+                    url.clone(),
+                    self.replica_settings.connect_timeout,
+                ));
+            }
+            for result in futures_util::future::join_all(checks).await {
+                result?;
+            }
+        }
+        let primary = node_pool::<C>(
+            primary_name,
+            &primary_url,
+            None,
+            self.primary_settings,
+            1,
+            true,
+        );
+        let mut replicas: Vec<NodePoolBox<C>> = Vec::with_capacity(self.replicas.len());
+        for (index, url) in self.replicas.iter().enumerate() {
+            let label = format!("replica{}", index + 1);
+            let name = format!("{label} ({})", describe_url(url, &label)?);
+            let weight = match &self.balance {
+                Balance::Weighted(weights) => weights[index],
+                _ => 1,
+            };
+            replicas.push(node_pool::<C>(
+                name,
+                url,
+                Some(C::READ_ONLY_SESSION_SQL),
+                self.replica_settings,
+                weight,
+                false,
+            ));
+        }
+        let classifier = self
+            .classifier
+            .unwrap_or_else(|| Classifier::new(C::DIALECT));
+        let router = Router::new(classifier, self.interlock, self.read_retry);
+        let seed = u64::from(std::process::id()) << 32
+            | u64::from(Instant::now().elapsed().subsec_nanos())
+            | 1;
+        let inner = Arc::new(PoolInner {
+            epoch: Instant::now(),
+            primary,
+            replicas,
+            next_replica: AtomicUsize::new(0),
+            random_state: AtomicU64::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
+            router: Arc::clone(&router) as RouterBox<C>,
+            default_route: self.default_route,
+            balance: self.balance,
+            backoff: self.backoff,
+            fallback_to_primary: self.fallback_to_primary,
+        });
+        Ok(SwitchablePool { inner, router })
+    }
+}
+
+fn node_pool<C: SwitchTarget>(
+    name: String,
+    url: &str,
+    read_only_sql: Option<&'static str>,
+    role: RoleSettings,
+    weight: u32,
+    retry_connect: bool,
+) -> NodePoolBox<C> {
+    let mut session_sql: Vec<String> = read_only_sql.map(str::to_owned).into_iter().collect();
+    session_sql.extend(role.statement_timeout.map(C::statement_timeout_sql));
+    let pool = C::node_pool(NodePoolSettings {
+        url: url.to_owned(),
+        session_sql: session_sql.join("; "),
+        max_size: role.max_size,
+        connect_timeout: role.connect_timeout,
+        checkout_timeout: role.checkout_timeout,
+        retry_connect,
+    });
+    Box::new(NodePool {
+        name,
+        pool,
+        health: Health::default(),
+        weight,
+    })
+}
+
+/// Whether every TCP host of `url` accepts a connection within `timeout`.
+async fn reachable(name: String, url: String, timeout: Duration) -> Result<(), Error> {
+    use std::str::FromStr;
+    let err = |source: crate::BoxError| Error::Node {
+        node: name.clone(),
+        step: NodeStep::Connect,
+        source,
+    };
+    let config = tokio_postgres::Config::from_str(&url).map_err(|e| err(Box::new(e)))?;
+    for (host, port) in config
+        .get_hosts()
+        .iter()
+        .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+    {
+        if let tokio_postgres::config::Host::Tcp(host) = host {
+            match tokio::time::timeout(
+                timeout,
+                tokio::net::TcpStream::connect((host.as_str(), *port)),
+            )
+            .await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(err(Box::new(e))),
+                Err(_) => return Err(err(format!("no TCP connection within {timeout:?}").into())),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `host:port` of a connection URL, for names in errors and logs; never the password.
+fn describe_url(url: &str, node: &str) -> Result<String, Error> {
+    use std::str::FromStr;
+    let config = tokio_postgres::Config::from_str(url).map_err(|e| Error::Node {
+        node: node.to_owned(),
+        step: NodeStep::ParseUrl,
+        source: Box::new(e),
+    })?;
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(host, port)| match host {
+            tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+            tokio_postgres::config::Host::Unix(path) => format!("{}:{port}", path.display()),
+        })
+        .collect();
+    Ok(if hosts.is_empty() {
+        "default host".to_owned()
+    } else {
+        hosts.join(",")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let backoff = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+        };
+        let cases = [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (60, 1000),
+        ];
+        for (failures, millis) in cases {
+            assert_eq!(
+                backoff.after(failures),
+                Duration::from_millis(millis),
+                "after {failures} failures"
+            );
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Shared helpers for the integration tests: one replicated cluster per test binary.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use diesel_rwsplit::testing::LocalCluster;
+use tokio_postgres::{Client, NoTls};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A primary + 2 replicas with the example schema, shared by the tests of one
+/// binary (each test owns its tables or rows). It is never dropped: the cluster's
+/// watchdog stops it when the test binary exits.
+pub fn shared_cluster() -> &'static LocalCluster {
+    static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        std::thread::spawn(|| {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async {
+                let cluster = LocalCluster::start(2).await.unwrap();
+                cluster.apply_example_schema().await.unwrap();
+                cluster
+            })
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+pub async fn admin(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Create a table on the primary and wait until every replica has it.
+pub async fn create_table(cluster: &LocalCluster, ddl: &str) {
+    admin(&cluster.primary_url())
+        .await
+        .batch_execute(ddl)
+        .await
+        .unwrap();
+    cluster.wait_for_replicas(WAIT).await.unwrap();
+}
+
+/// Calls of statements mentioning `needle` (case-insensitive) whose text starts
+/// with `verb`, as counted by a node's own pg_stat_statements.
+pub async fn statement_calls(url: &str, verb: &str, needle: &str) -> i64 {
+    let client = admin(url).await;
+    let row = client
+        .query_one(
+            "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements \
+             WHERE query ILIKE '%' || $1 || '%' AND ltrim(query) ILIKE $2 || '%'",
+            &[&needle, &verb],
+        )
+        .await
+        .unwrap();
+    row.get(0)
+}
