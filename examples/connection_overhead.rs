@@ -118,6 +118,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()
         .await?;
     let mut no_retry = no_retry_pool.get().await?;
+    // Control: the same plain connection, but checked out of an ordinary bb8 pool
+    // (what a diesel-async service uses today), to separate pool costs from ours.
+    let bb8_pool = bb8::Pool::builder()
+        .max_size(1)
+        .build(
+            diesel_async::pooled_connection::AsyncDieselConnectionManager::<AsyncPgConnection>::new(
+                cluster.replica_url(0)?,
+            ),
+        )
+        .await?;
+    let mut pooled_plain = bb8_pool.get().await?;
 
     // Warm all: connections, prepared-statement caches, the verdict cache.
     typed(&mut plain, 200).await;
@@ -126,13 +137,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     raw(&mut plain, 200).await;
     raw(&mut switchable, 200).await;
     raw(&mut no_retry, 200).await;
+    typed(&mut pooled_plain, 200).await;
+    raw(&mut pooled_plain, 200).await;
 
     // [typed plain, typed switchable, typed no-retry, raw plain, raw switchable, raw no-retry]
-    let mut results: [Vec<f64>; 6] = Default::default();
+    let mut results: [Vec<f64>; 8] = Default::default();
     for round in 0..rounds {
         // Rotate the order so that none always runs first or last.
-        for step in 0..3 {
-            match (round + step) % 3 {
+        for step in 0..4 {
+            match (round + step) % 4 {
+                3 => {
+                    results[6].push(typed(&mut pooled_plain, per_round).await);
+                    results[7].push(raw(&mut pooled_plain, per_round).await);
+                }
                 0 => {
                     results[0].push(typed(&mut plain, per_round).await);
                     results[3].push(raw(&mut plain, per_round).await);

@@ -100,6 +100,14 @@ pub enum Error {
         /// How many replicas there are.
         replicas: usize,
     },
+
+    /// Text that should be a [`CausalToken`](crate::CausalToken) is not one (the
+    /// input is not repeated: it may be long or come from a client).
+    #[error("invalid causal token: {reason}")]
+    InvalidCausalToken {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
 
 /// What was being done with a node when it failed (see [`Error::Node`]).

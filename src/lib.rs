@@ -13,7 +13,8 @@
 //! |------------|---------|--------------|
 //! | `postgres` | yes     | PostgreSQL support through diesel-async's `AsyncPgConnection` |
 //! | `testing`  | no      | [`testing::LocalCluster`]: a throwaway primary + streaming replicas built from the machine's PostgreSQL binaries, with fault injection, for your own tests |
-//! | `cli`      | no      | the `rwsplit` binary: `rwsplit classify`, `rwsplit cluster up/status/down` |
+//! | `axum`     | no      | [`axum`] extractors for replica-first and primary connections, and a `/metrics` handler |
+//! | `cli`      | no      | the `rwsplit` binary: `rwsplit classify`, `rwsplit audit`, `rwsplit cluster up/status/down` |
 //!
 //! ## The statement classifier
 //!
@@ -71,6 +72,67 @@
 //! on`): a write that got past the classifier fails with SQLSTATE 25006 instead of
 //! landing on a node that was promoted behind the application's back.
 //!
+//! ## Adopting it in an existing service
+//!
+//! Teams add splitting to a large service after the fact; the crate supports the
+//! three ways they do it, and measuring before any of them:
+//!
+//! 0. **Measure.** Offline, `rwsplit audit pgss.csv` estimates from a
+//!    `pg_stat_statements` export (or a `log_statement = 'all'` log) the share of
+//!    calls a replica could serve and what would go to the primary and why. Online,
+//!    [`InterlockMode::Observe`] runs everything on the primary and records what
+//!    routing would have done: [`SwitchablePool::audit_report`] gives the share of
+//!    statements and units of work replicas would have served, and every statement
+//!    that would have tripped the interlock, by fingerprint.
+//! 1. **Targeted.** Keep [`Route::Primary`] as the default; send a chosen slow read
+//!    through [`SwitchablePool::get_replica`] (example `adopt_targeted`).
+//! 2. **Per handler.** Read-only request handlers take a replica-first connection
+//!    (with feature `axum`, the [`axum`] extractors); writing handlers a
+//!    primary one. A read-only handler that writes anyway is caught by the
+//!    interlock and shows in the counters.
+//! 3. **App-wide.** Default route [`Route::Replica`], nothing marked: the interlock
+//!    flips every write and transaction (example `adopt_app_wide`). This cuts
+//!    primary connections the most; [`SwitchablePool::audit_report`] and
+//!    [`SwitchablePool::to_prometheus`] show where the interlock carried the app, so
+//!    the hot spots can be fixed at the source (e.g. with an explicit
+//!    [`SwitchableConnection::switch_to_primary`] or `get_primary()`).
+//!
+//! ## Read-your-writes
+//!
+//! - Within a unit of work (one checkout): once a connection has written it stays on
+//!   the primary, so it always reads its own writes.
+//! - Across connections, requests and services: take
+//!   [`SwitchableConnection::causal_token`] after the write (a short string for a
+//!   cookie or header) and read with [`SwitchablePool::get_after`], which uses a
+//!   replica that provably replayed the write, waiting up to a bound, else the
+//!   primary. Simpler: [`SwitchablePool::get_for_session`] keeps a session key on the
+//!   primary for a window after it wrote; [`SwitchablePool::wait_for_replication`]
+//!   waits for every replica.
+//! - The lag monitor skips replicas over [`SwitchablePoolBuilder::max_replica_lag`]
+//!   or [`SwitchablePoolBuilder::max_replica_lag_bytes`], and promoted ones.
+//!
+//! ## What the interlock catches, and what it cannot know
+//!
+//! It catches DML and DDL, locking reads (`FOR UPDATE`, `SKIP LOCKED`, ...),
+//! data-modifying CTEs, side-effect and session-bound functions (`nextval`, advisory
+//! locks, `pg_notify`, ...), session state (`SET`, `LISTEN`, temporary tables, ...),
+//! every transaction begin (diesel's `transaction()`, `begin_test_transaction`, a raw
+//! `BEGIN`), and anything it cannot parse. It cannot know what the application's
+//! own functions do: `SELECT my_function()` goes to a replica unless declared with
+//! [`classify::ClassifierBuilder::write_function`]. Replica sessions are read-only at
+//! the server as a second line of defence: such a write fails with SQLSTATE 25006
+//! instead of landing on a replica.
+//!
+//! ## Failure behaviour
+//!
+//! - A replica that fails to connect, or whose connection breaks, is ejected with
+//!   exponential backoff and probed until it answers; reads go to the other
+//!   replicas, then to the primary (counted), or fail with
+//!   [`Error::NoReplicaAvailable`] if fallback is off. The primary is never ejected.
+//! - A read that fails at the connection level before any row came back is retried
+//!   once on another node (counted); a write is never retried.
+//! - Errors name the node and the step (never a password) and chain their causes.
+//!
 //! ## A real replicated cluster for tests
 //!
 //! With feature `testing`, [`testing::LocalCluster`] starts a primary and N hot-standby
@@ -91,12 +153,15 @@
 #![warn(unreachable_pub, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "axum")]
+pub mod axum;
 pub mod classify;
 mod connection;
 mod error;
 mod lsn;
 mod manager;
 mod pool;
+mod report;
 mod route;
 mod router;
 mod stats;
@@ -118,5 +183,10 @@ pub use error::{BoxError, ClusterStep, Error, NodeStep, Result};
 pub use lsn::{Lsn, ParseLsnError};
 pub use manager::SwitchableManager;
 pub use pool::{Balance, PooledConnection, SwitchablePool, SwitchablePoolBuilder};
+pub use report::{AuditEntry, AuditReport};
 pub use route::{Route, SwitchReason, Target};
-pub use stats::{FingerprintCount, StatsSnapshot};
+pub use stats::{CausalOutcome, FingerprintCount, StatsSnapshot};
+mod consistency;
+mod monitor;
+pub use consistency::CausalToken;
+pub use monitor::ReplicaStatus;

@@ -16,6 +16,35 @@ const SHARDS: usize = 16;
 /// Fingerprints kept per shard; the whole table holds at most `SHARDS * SLOTS_PER_SHARD`.
 const SLOTS_PER_SHARD: usize = 32;
 
+/// How a causal read (`get_after`) was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CausalOutcome {
+    /// By a replica the lag monitor had already seen past the token.
+    Monitor,
+    /// By a replica whose replay position was checked directly (waiting if needed).
+    Checked,
+    /// By the primary: no replica reached the token within the bound.
+    Primary,
+}
+
+impl CausalOutcome {
+    /// Every outcome, in order.
+    pub const ALL: [CausalOutcome; 3] = [
+        CausalOutcome::Monitor,
+        CausalOutcome::Checked,
+        CausalOutcome::Primary,
+    ];
+
+    /// Stable snake-case name (metric label).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CausalOutcome::Monitor => "replica_by_monitor",
+            CausalOutcome::Checked => "replica_checked",
+            CausalOutcome::Primary => "primary",
+        }
+    }
+}
+
 /// Shared counters of one pool (or one standalone connection's router).
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
@@ -33,6 +62,8 @@ pub(crate) struct Stats {
     read_retries: AtomicU64,
     ejections: AtomicU64,
     readmissions: AtomicU64,
+    causal: [AtomicU64; 3],
+    session_window_reads: AtomicU64,
     top: TopFingerprints,
 }
 
@@ -110,6 +141,14 @@ impl Stats {
         bump(&self.read_retries);
     }
 
+    pub(crate) fn record_causal(&self, outcome: CausalOutcome) {
+        bump(&self.causal[outcome as usize]);
+    }
+
+    pub(crate) fn record_session_window_read(&self) {
+        bump(&self.session_window_reads);
+    }
+
     /// A replica was taken out of rotation.
     pub(crate) fn record_ejection(&self) {
         bump(&self.ejections);
@@ -142,6 +181,8 @@ impl Stats {
             read_retries: read(&self.read_retries),
             ejections: read(&self.ejections),
             readmissions: read(&self.readmissions),
+            causal: std::array::from_fn(|i| read(&self.causal[i])),
+            session_window_reads: read(&self.session_window_reads),
             fingerprints: self.top.entries(),
         }
     }
@@ -165,6 +206,8 @@ pub struct StatsSnapshot {
     read_retries: u64,
     ejections: u64,
     readmissions: u64,
+    causal: [u64; 3],
+    session_window_reads: u64,
     fingerprints: Vec<FingerprintCount>,
 }
 
@@ -230,6 +273,16 @@ impl StatsSnapshot {
     /// connection broke), and times an ejected replica was re-admitted.
     pub fn ejections(&self) -> (u64, u64) {
         (self.ejections, self.readmissions)
+    }
+
+    /// Causal reads (`get_after`) served each way.
+    pub fn causal_reads(&self, outcome: CausalOutcome) -> u64 {
+        self.causal[outcome as usize]
+    }
+
+    /// Session connections sent to the primary because the key wrote within its window.
+    pub fn session_window_reads(&self) -> u64 {
+        self.session_window_reads
     }
 
     /// The `n` statement fingerprints that tripped the interlock most often (flips in

@@ -18,6 +18,7 @@ fn builder(cluster: &LocalCluster) -> diesel_rwsplit::SwitchablePoolBuilder {
         .replica_connect_timeout(Duration::from_millis(500))
         .replica_checkout_timeout(Duration::from_millis(800))
         .ejection_backoff(Duration::from_millis(100), Duration::from_millis(400))
+        .monitor_interval(Duration::from_millis(50))
 }
 
 fn port_of(url: &str) -> i32 {
@@ -172,7 +173,8 @@ async fn stopping_a_replica_under_concurrent_reads_fails_none_and_it_comes_back(
     // Started again, it is probed, re-admitted and serves reads.
     cluster.start_replica(0).await.unwrap();
     let deadline = Instant::now() + WAIT;
-    while pool.replica_admitted() != [true, true] {
+    // Re-admitted by the pool's probe, and seen healthy again by the lag monitor.
+    while pool.replica_admitted() != [true, true] || !pool.replication_status()[0].healthy {
         assert!(Instant::now() < deadline, "not re-admitted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

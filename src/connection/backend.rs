@@ -96,6 +96,14 @@ pub trait SwitchTarget: sealed::Sealed + AsyncConnection + Sync + 'static {
     #[doc(hidden)]
     const READ_ONLY_SESSION_SQL: &'static str;
 
+    /// The primary's current WAL write position.
+    #[doc(hidden)]
+    fn current_wal_lsn(conn: &mut Self) -> BoxFuture<'_, QueryResult<crate::Lsn>>;
+
+    /// The WAL position a replica has replayed (`None` on a node not in recovery).
+    #[doc(hidden)]
+    fn replay_lsn(conn: &mut Self) -> BoxFuture<'_, QueryResult<Option<crate::Lsn>>>;
+
     /// SQL that bounds every statement of a session to `timeout`.
     #[doc(hidden)]
     fn statement_timeout_sql(timeout: std::time::Duration) -> String;
@@ -216,6 +224,37 @@ where
 impl SwitchTarget for AsyncPgConnection {
     const DIALECT: Dialect = Dialect::Postgres;
     const READ_ONLY_SESSION_SQL: &'static str = "SET SESSION default_transaction_read_only = on";
+
+    fn current_wal_lsn(conn: &mut Self) -> BoxFuture<'_, QueryResult<crate::Lsn>> {
+        async move {
+            let text: String = diesel_async::RunQueryDsl::get_result(
+                diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+                    "pg_current_wal_lsn()::text",
+                )),
+                conn,
+            )
+            .await?;
+            text.parse::<crate::Lsn>()
+                .map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    fn replay_lsn(conn: &mut Self) -> BoxFuture<'_, QueryResult<Option<crate::Lsn>>> {
+        async move {
+            let text: Option<String> = diesel_async::RunQueryDsl::get_result(
+                diesel::select(diesel::dsl::sql::<
+                    diesel::sql_types::Nullable<diesel::sql_types::Text>,
+                >("pg_last_wal_replay_lsn()::text")),
+                conn,
+            )
+            .await?;
+            text.map(|t| t.parse::<crate::Lsn>())
+                .transpose()
+                .map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)))
+        }
+        .boxed()
+    }
 
     fn statement_timeout_sql(timeout: std::time::Duration) -> String {
         format!(

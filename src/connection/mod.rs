@@ -132,6 +132,8 @@ pub struct SwitchableConnection<C: SwitchTarget> {
     /// A raw `BEGIN`/`COMMIT`/... went through `batch_execute`: diesel's transaction
     /// manager did not see it, so whether a transaction is still open is unknown.
     raw_transaction_control: bool,
+    /// Run when the connection is dropped after flipping (session read-your-writes windows).
+    after_write: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 impl<C: SwitchTarget> fmt::Debug for SwitchableConnection<C> {
@@ -210,7 +212,12 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             instrumentation: None,
             cache_size: None,
             raw_transaction_control: false,
+            after_write: None,
         }
+    }
+
+    pub(crate) fn set_after_write(&mut self, hook: Box<dyn FnOnce() + Send + Sync>) {
+        self.after_write = Some(hook);
     }
 
     /// Where statements go now.
@@ -236,6 +243,22 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
     /// The interlock mode this connection runs under.
     pub fn interlock_mode(&self) -> InterlockMode {
         self.router.mode
+    }
+
+    /// A token for reading this unit of work's writes elsewhere (another connection,
+    /// request or service): the primary's WAL position now. Call it after the writes
+    /// are committed; pass it to [`SwitchablePool::get_after`](crate::SwitchablePool::get_after),
+    /// or serialise it (`to_string()`) into a cookie or header.
+    ///
+    /// `None` when the connection never used the primary: it wrote nothing, and
+    /// any replica is as fresh as it needs to be.
+    pub async fn causal_token(&mut self) -> QueryResult<Option<crate::CausalToken>> {
+        match self.primary.as_mut() {
+            Some(primary) => Ok(Some(crate::CausalToken::new(
+                C::current_wal_lsn(primary).await?,
+            ))),
+            None => Ok(None),
+        }
     }
 
     /// The model layer is about to save a record: go to the primary now.
@@ -461,7 +484,9 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         }
         let sql = C::render_sql(query)?;
         let verdict = self.router.classifier.classify(&sql);
-        if let Some(id) = id {
+        // Only replica verdicts are cached: a primary verdict needs the statement for
+        // its fingerprint (flip, refusal or would-be flip), and a flip renders it anyway.
+        if let (Some(id), Verdict::Replica) = (id, verdict) {
             self.router.cache_verdict(id, verdict);
         }
         Ok((verdict, Some(sql)))
@@ -524,6 +549,11 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
 
 impl<C: SwitchTarget> Drop for SwitchableConnection<C> {
     fn drop(&mut self) {
+        if self.switch_reason.is_some() {
+            if let Some(hook) = self.after_write.take() {
+                hook();
+            }
+        }
         if self.raw_transaction_control {
             // A transaction begun by raw SQL may still be open; diesel's transaction
             // manager cannot tell. Mark the connection broken so its pool discards it
@@ -622,13 +652,18 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
                         Err(e) => return Err(e),
                         // A server going away mid-query shows up as the stream's first
                         // item: look at it before deciding that no row came back.
-                        Ok(mut rows) => match rows.next().await {
-                            Some(Err(e)) if C::is_retryable_read_error(&e) => e,
-                            first => {
-                                let rows = futures_util::stream::iter(first).chain(rows);
-                                return Ok(rows.boxed() as RowStream<'conn, C::OwnedRow>);
+                        // Fused: an empty result ends the stream, and `chain` below polls
+                        // it again; a row stream polled past its end says "connection closed".
+                        Ok(rows) => {
+                            let mut rows = rows.fuse();
+                            match rows.next().await {
+                                Some(Err(e)) if C::is_retryable_read_error(&e) => e,
+                                first => {
+                                    let rows = futures_util::stream::iter(first).chain(rows);
+                                    return Ok(rows.boxed() as RowStream<'conn, C::OwnedRow>);
+                                }
                             }
-                        },
+                        }
                     };
                     self.move_after_failed_read(&error).await?;
                     let stream =

@@ -3,8 +3,10 @@
 use std::io::{self, BufRead, BufWriter, Write};
 use std::process::ExitCode;
 
-use diesel_rwsplit::classify::{Classifier, Dialect, Verdict};
+use diesel_rwsplit::classify::{Classifier, Verdict};
 use diesel_rwsplit::{Error, Target};
+
+use crate::options::{classifier_builder, parse_rule, DialectArg};
 
 /// Arguments of `rwsplit classify`.
 ///
@@ -32,46 +34,14 @@ pub(crate) struct ClassifyArgs {
     fingerprint: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum DialectArg {
-    /// PostgreSQL.
-    Postgres,
-    /// MySQL / MariaDB.
-    Mysql,
-}
-
-fn parse_rule(value: &str) -> Result<(String, Target), String> {
-    let (pattern, target) = value
-        .rsplit_once('=')
-        .ok_or_else(|| format!("expected REGEX=primary|replica, got {value:?}"))?;
-    let target = match target {
-        "primary" => Target::Primary,
-        "replica" => Target::Replica,
-        other => {
-            return Err(format!(
-                "target must be `primary` or `replica`, not {other:?}"
-            ))
-        }
-    };
-    Ok((pattern.to_owned(), target))
-}
-
 fn build(args: &ClassifyArgs) -> Result<Classifier, Error> {
-    let dialect = match args.dialect {
-        DialectArg::Postgres => Dialect::Postgres,
-        DialectArg::Mysql => Dialect::Mysql,
-    };
-    let mut builder = Classifier::builder(dialect);
-    for name in &args.write_functions {
-        builder = builder.write_function(name);
-    }
-    for name in &args.read_only_functions {
-        builder = builder.read_only_function(name);
-    }
-    for (pattern, target) in &args.rules {
-        builder = builder.rule(pattern, *target);
-    }
-    builder.build()
+    classifier_builder(
+        args.dialect,
+        &args.write_functions,
+        &args.read_only_functions,
+        &args.rules,
+    )
+    .build()
 }
 
 pub(crate) fn run(args: ClassifyArgs) -> ExitCode {

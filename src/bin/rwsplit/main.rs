@@ -1,7 +1,9 @@
 //! `rwsplit`: classify statements, and run local replicated PostgreSQL clusters.
 
+mod audit;
 mod classify;
 mod cluster;
+mod options;
 
 use std::process::ExitCode;
 
@@ -19,6 +21,9 @@ struct Cli {
 enum Command {
     /// Classify SQL statements read one per line from stdin: `replica`, or `primary<TAB>reason`.
     Classify(classify::ClassifyArgs),
+    /// Estimate, before adopting, how much of a workload replicas could serve: from a
+    /// `pg_stat_statements` CSV export or a PostgreSQL log with `log_statement = 'all'`.
+    Audit(audit::AuditArgs),
     /// Start, inspect and stop a local primary + streaming replicas.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -28,6 +33,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Classify(args) => classify::run(args),
+        Command::Audit(args) => audit::run(args),
         Command::Cluster(command) => cluster::run(command),
     }
 }

@@ -1,9 +1,11 @@
 //! `SwitchablePool`: one bb8 pool per node, replica balancing, health and fallback.
 
+mod causal;
+
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use diesel_async::AsyncPgConnection;
@@ -16,6 +18,7 @@ use crate::connection::{
     SwitchTarget, SwitchableConnection,
 };
 use crate::error::NodeStep;
+use crate::monitor::{Monitor, MonitorConfig, NodeTarget};
 use crate::router::Router;
 use crate::stats::StatsSnapshot;
 use crate::{Error, Route, Target};
@@ -34,6 +37,8 @@ pub enum Balance {
     /// At random, in proportion to these weights (one per replica, in order; a
     /// weight of 0 takes a replica out of normal rotation).
     Weighted(Vec<u32>),
+    /// The replica the lag monitor last saw least behind (in replayed bytes).
+    LeastLag,
 }
 
 /// Health of one replica as seen by this pool. All fields are atomics: selection
@@ -126,6 +131,14 @@ struct PoolInner<C> {
     balance: Balance,
     backoff: Backoff,
     fallback_to_primary: bool,
+    /// Replication lag awareness (absent without replicas). Dropped with the pool,
+    /// which stops its task.
+    monitor: Option<Monitor>,
+    max_lag_bytes: Option<u64>,
+    max_lag: Option<Duration>,
+    causal_wait: Duration,
+    session_window: Duration,
+    session_writes: causal::SessionWrites,
 }
 
 // Boxed behind traits so that `PoolInner<C>` (and `Counted<C>`'s Drop) need no bound.
@@ -187,6 +200,16 @@ impl<C> PoolInner<C> {
         !self.replica(index).health().ejected.load(Ordering::Relaxed)
     }
 
+    /// In rotation, and neither promoted, unreachable nor over a lag threshold as the
+    /// monitor last saw it.
+    fn is_routable(&self, index: usize) -> bool {
+        self.is_admitted(index)
+            && self
+                .monitor
+                .as_ref()
+                .is_none_or(|m| m.is_usable(index, self.max_lag_bytes, self.max_lag))
+    }
+
     fn release_outstanding(&self, index: usize) {
         self.replica(index)
             .health()
@@ -197,7 +220,7 @@ impl<C> PoolInner<C> {
     /// Admitted replicas in the order they should be tried, per the balancing policy.
     fn replica_order(&self, excluding: Option<usize>) -> Vec<usize> {
         let mut admitted: Vec<usize> = (0..self.replicas.len())
-            .filter(|i| Some(*i) != excluding && self.is_admitted(*i))
+            .filter(|i| Some(*i) != excluding && self.is_routable(*i))
             .collect();
         if admitted.len() <= 1 {
             return admitted;
@@ -220,6 +243,16 @@ impl<C> PoolInner<C> {
                     .filter(|p| load(&admitted[*p]) == least)
                     .collect();
                 tied[self.next_replica.fetch_add(1, Ordering::Relaxed) % tied.len()]
+            }
+            Balance::LeastLag => {
+                let lag = |i: &usize| {
+                    self.monitor
+                        .as_ref()
+                        .and_then(|m| m.lag_bytes(*i))
+                        .unwrap_or(u64::MAX)
+                };
+                admitted.sort_by_key(lag);
+                0
             }
             Balance::Weighted(_) => {
                 let total: u64 = admitted
@@ -288,24 +321,27 @@ impl<C: SwitchTarget> PoolInner<C> {
         self.router.stats().record_ejection();
         tracing::warn!(target: "diesel_rwsplit::pool", replica = node.name(), error, backoff = ?backoff, "replica ejected");
         if !node.health().probing.swap(true, Ordering::Relaxed) {
-            let pool = Arc::clone(self);
-            // The probe holds the pool alive only until the replica answers.
-            tokio::spawn(async move { pool.probe(index).await });
+            // Weak: a probe must not keep a dropped pool (and its monitor) alive.
+            tokio::spawn(Self::probe(Arc::downgrade(self), index));
         }
     }
 
     /// Probe an ejected replica after each backoff until a checkout succeeds, then
-    /// re-admit it.
-    async fn probe(self: Arc<Self>, index: usize) {
+    /// re-admit it. Ends early when the pool is dropped.
+    async fn probe(pool: Weak<Self>, index: usize) {
         loop {
-            let until = self
-                .replica(index)
-                .health()
-                .next_probe_at
-                .load(Ordering::Relaxed);
-            let wait = until.saturating_sub(self.now());
+            let wait = {
+                let Some(pool) = pool.upgrade() else { return };
+                let until = pool
+                    .replica(index)
+                    .health()
+                    .next_probe_at
+                    .load(Ordering::Relaxed);
+                until.saturating_sub(pool.now())
+            };
             tokio::time::sleep(Duration::from_nanos(wait)).await;
-            let node = self.replica(index);
+            let Some(pool) = pool.upgrade() else { return };
+            let node = pool.replica(index);
             match node.checkout().await {
                 Ok(conn) => {
                     drop(conn);
@@ -314,7 +350,7 @@ impl<C: SwitchTarget> PoolInner<C> {
                         .store(0, Ordering::Relaxed);
                     node.health().probing.store(false, Ordering::Relaxed);
                     node.health().ejected.store(false, Ordering::Relaxed);
-                    self.router.stats().record_readmission();
+                    pool.router.stats().record_readmission();
                     tracing::info!(target: "diesel_rwsplit::pool", replica = node.name(), "replica re-admitted");
                     return;
                 }
@@ -324,8 +360,8 @@ impl<C: SwitchTarget> PoolInner<C> {
                         .consecutive_failures
                         .fetch_add(1, Ordering::Relaxed)
                         + 1;
-                    let backoff = self.backoff.after(failures);
-                    let until = self
+                    let backoff = pool.backoff.after(failures);
+                    let until = pool
                         .now()
                         .saturating_add(u64::try_from(backoff.as_nanos()).unwrap_or(u64::MAX));
                     node.health().next_probe_at.store(until, Ordering::Relaxed);
@@ -335,40 +371,47 @@ impl<C: SwitchTarget> PoolInner<C> {
         }
     }
 
-    /// Check out a replica, trying admitted replicas in policy order and ejecting
+    /// Check out a replica, trying routable replicas in policy order and ejecting
     /// the ones that fail. `None`: no replica could be checked out.
     async fn checkout_replica(
         self: &Arc<Self>,
         excluding: Option<usize>,
     ) -> Option<ReplicaLease<C>> {
         for index in self.replica_order(excluding) {
-            let node = self.replica(index);
-            node.health().outstanding.fetch_add(1, Ordering::Relaxed);
-            let counted = |inner| Counted {
-                inner,
-                node: Arc::clone(self),
-                index,
-            };
-            match node.checkout().await {
-                Ok(handle) => {
-                    node.health()
-                        .consecutive_failures
-                        .store(0, Ordering::Relaxed);
-                    self.router.stats().record_checkout(Target::Replica);
-                    let handle: Handle<C> = Box::new(counted(handle));
-                    return Some(ReplicaLease {
-                        handle,
-                        index,
-                        name: node.name().to_owned(),
-                    });
-                }
-                Err(e) => {
-                    self.release_outstanding(index);
-                    self.eject(index, &e.to_string());
-                }
+            if let Some(lease) = self.checkout_replica_at(index).await {
+                return Some(lease);
             }
         }
         None
+    }
+
+    /// Check out replica `index` (ejecting it on failure).
+    async fn checkout_replica_at(self: &Arc<Self>, index: usize) -> Option<ReplicaLease<C>> {
+        let node = self.replica(index);
+        node.health().outstanding.fetch_add(1, Ordering::Relaxed);
+        match node.checkout().await {
+            Ok(handle) => {
+                node.health()
+                    .consecutive_failures
+                    .store(0, Ordering::Relaxed);
+                self.router.stats().record_checkout(Target::Replica);
+                let handle: Handle<C> = Box::new(Counted {
+                    inner: handle,
+                    node: Arc::clone(self),
+                    index,
+                });
+                Some(ReplicaLease {
+                    handle,
+                    index,
+                    name: node.name().to_owned(),
+                })
+            }
+            Err(e) => {
+                self.release_outstanding(index);
+                self.eject(index, &e.to_string());
+                None
+            }
+        }
     }
 
     async fn checkout_primary(&self) -> Result<Handle<C>, Error> {
@@ -414,7 +457,13 @@ impl<C: SwitchTarget> NodeSource<C> for Source<C> {
 /// (counted in [`StatsSnapshot::replica_fallbacks`]) unless
 /// [`fallback_to_primary(false)`](SwitchablePoolBuilder::fallback_to_primary).
 ///
-/// Cheap to clone; `Send + Sync`. Background probes need a Tokio runtime.
+/// Replication lag: with replicas, a background task (stopped when the pool is
+/// dropped) keeps one connection per node, named `diesel-rwsplit monitor`, and polls
+/// WAL positions every [`monitor_interval`](SwitchablePoolBuilder::monitor_interval);
+/// replicas that are promoted, unreachable or over a lag threshold are skipped. See
+/// [`get_after`](SwitchablePool::get_after) for read-your-writes across connections.
+///
+/// Cheap to clone; `Send + Sync`. Build it inside a Tokio runtime.
 ///
 /// ```no_run
 /// # async fn demo(primary_url: &str, replica_urls: Vec<String>) -> Result<(), Box<dyn std::error::Error>> {
@@ -486,7 +535,7 @@ impl<C: SwitchTarget> SwitchablePool<C> {
             Some(self.source()),
             Arc::clone(&self.router),
         );
-        Ok(PooledConnection { conn })
+        Ok(PooledConnection::new(conn))
     }
 
     /// A replica-first connection whatever the default route (targeted adoption:
@@ -499,9 +548,10 @@ impl<C: SwitchTarget> SwitchablePool<C> {
     /// the primary.
     pub async fn get_replica(&self) -> Result<PooledConnection<C>, Error> {
         if self.router.mode == InterlockMode::Observe {
-            return Ok(PooledConnection {
-                conn: SwitchableConnection::observing(self.source(), Arc::clone(&self.router)),
-            });
+            return Ok(PooledConnection::new(SwitchableConnection::observing(
+                self.source(),
+                Arc::clone(&self.router),
+            )));
         }
         if self.inner.replicas.is_empty() {
             return self.get_primary().await;
@@ -509,7 +559,7 @@ impl<C: SwitchTarget> SwitchablePool<C> {
         if let Some(lease) = self.inner.checkout_replica(None).await {
             let conn =
                 SwitchableConnection::replica_first(lease, self.source(), Arc::clone(&self.router));
-            return Ok(PooledConnection { conn });
+            return Ok(PooledConnection::new(conn));
         }
         if !self.inner.fallback_to_primary {
             return Err(Error::NoReplicaAvailable {
@@ -529,6 +579,13 @@ impl<C: SwitchTarget> SwitchablePool<C> {
     /// that a statement waits on.
     pub fn stats(&self) -> StatsSnapshot {
         self.router.stats.snapshot()
+    }
+
+    /// Where the interlock carried the application: the statements that tripped it,
+    /// by fingerprint, with reason, count and first and last seen; in `Observe`
+    /// mode, the share of statements and units of work replicas would have served.
+    pub fn audit_report(&self) -> crate::AuditReport {
+        crate::AuditReport::new(self.router.mode, &self.stats())
     }
 
     /// The interlock mode.
@@ -564,6 +621,10 @@ pub struct PooledConnection<C: SwitchTarget = AsyncPgConnection> {
 }
 
 impl<C: SwitchTarget> PooledConnection<C> {
+    fn new(conn: SwitchableConnection<C>) -> Self {
+        PooledConnection { conn }
+    }
+
     /// The connection itself, for code that manages its lifetime (the bb8 adapter).
     /// Dropping it still returns its node connections to their pools.
     pub fn into_inner(self) -> SwitchableConnection<C> {
@@ -615,6 +676,11 @@ pub struct SwitchablePoolBuilder<C: SwitchTarget = AsyncPgConnection> {
     fallback_to_primary: bool,
     read_retry: bool,
     verify_on_build: bool,
+    monitor: MonitorConfig,
+    max_lag_bytes: Option<u64>,
+    max_lag: Option<Duration>,
+    causal_wait: Duration,
+    session_window: Duration,
     _connection: std::marker::PhantomData<fn() -> C>,
 }
 
@@ -659,6 +725,11 @@ impl<C: SwitchTarget> Default for SwitchablePoolBuilder<C> {
             fallback_to_primary: true,
             read_retry: true,
             verify_on_build: true,
+            monitor: MonitorConfig::default(),
+            max_lag_bytes: None,
+            max_lag: None,
+            causal_wait: Duration::from_millis(500),
+            session_window: Duration::from_secs(1),
             _connection: std::marker::PhantomData,
         }
     }
@@ -784,6 +855,40 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
         self
     }
 
+    /// How often the lag monitor polls the nodes' WAL positions. Default: 1 s.
+    pub fn monitor_interval(mut self, interval: Duration) -> Self {
+        self.monitor.interval = interval;
+        self
+    }
+
+    /// Skip replicas whose replay is more than this many bytes behind the primary
+    /// (as the monitor last saw it; an unknown lag counts as too much). Default: no limit.
+    pub fn max_replica_lag_bytes(mut self, bytes: u64) -> Self {
+        self.max_lag_bytes = Some(bytes);
+        self
+    }
+
+    /// Skip replicas that have been behind the primary for longer than this.
+    /// Default: no limit.
+    pub fn max_replica_lag(mut self, lag: Duration) -> Self {
+        self.max_lag = Some(lag);
+        self
+    }
+
+    /// How long [`SwitchablePool::get_after`] waits for a replica to replay up to a
+    /// causal token before using the primary. Default: 500 ms.
+    pub fn causal_wait(mut self, bound: Duration) -> Self {
+        self.causal_wait = bound;
+        self
+    }
+
+    /// After a session key's unit of work wrote, how long that key's connections
+    /// from [`SwitchablePool::get_for_session`] stay on the primary. Default: 1 s.
+    pub fn session_window(mut self, window: Duration) -> Self {
+        self.session_window = window;
+        self
+    }
+
     /// Check at [`build`](Self::build) that every node's host accepts TCP
     /// connections (within the role's connect timeout), without opening a database
     /// session. Default: `true`.
@@ -846,6 +951,7 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
                 result?;
             }
         }
+        let monitor_primary = NodeTarget::new(primary_name.clone(), primary_url.clone());
         let primary = node_pool::<C>(
             primary_name,
             &primary_url,
@@ -855,9 +961,11 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             true,
         );
         let mut replicas: Vec<NodePoolBox<C>> = Vec::with_capacity(self.replicas.len());
+        let mut monitored = Vec::with_capacity(self.replicas.len());
         for (index, url) in self.replicas.iter().enumerate() {
             let label = format!("replica{}", index + 1);
             let name = format!("{label} ({})", describe_url(url, &label)?);
+            monitored.push(NodeTarget::new(name.clone(), url.clone()));
             let weight = match &self.balance {
                 Balance::Weighted(weights) => weights[index],
                 _ => 1,
@@ -889,6 +997,13 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             balance: self.balance,
             backoff: self.backoff,
             fallback_to_primary: self.fallback_to_primary,
+            monitor: (!monitored.is_empty())
+                .then(|| Monitor::spawn(monitor_primary, monitored, self.monitor)),
+            max_lag_bytes: self.max_lag_bytes,
+            max_lag: self.max_lag,
+            causal_wait: self.causal_wait,
+            session_window: self.session_window,
+            session_writes: causal::SessionWrites::default(),
         });
         Ok(SwitchablePool { inner, router })
     }

@@ -1,0 +1,251 @@
+//! Read-your-writes across connections: causal tokens, session windows, waiting
+//! for replication.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{PooledConnection, SwitchablePool};
+use crate::connection::{ReplicaLease, SwitchTarget, SwitchableConnection};
+use crate::stats::CausalOutcome;
+use crate::{CausalToken, Error, ReplicaStatus};
+
+const SHARDS: usize = 16;
+/// Past this many keys in a shard, expired entries are swept on the next insert.
+const SWEEP_AT: usize = 1024;
+
+/// When each session key last finished a unit of work that wrote. Sharded by key
+/// hash: no lock is shared by the whole pool.
+#[derive(Debug, Default)]
+pub(super) struct SessionWrites {
+    shards: [Mutex<HashMap<String, Instant>>; SHARDS],
+}
+
+impl SessionWrites {
+    fn shard(&self, key: &str) -> &Mutex<HashMap<String, Instant>> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        &self.shards[(hasher.finish() % SHARDS as u64) as usize]
+    }
+
+    pub(super) fn record(&self, key: &str, window: Duration) {
+        let mut shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if shard.len() >= SWEEP_AT {
+            shard.retain(|_, at| now.duration_since(*at) < window);
+        }
+        shard.insert(key.to_owned(), now);
+    }
+
+    fn wrote_within(&self, key: &str, window: Duration) -> bool {
+        let shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+        shard.get(key).is_some_and(|at| at.elapsed() < window)
+    }
+}
+
+impl<C: SwitchTarget> SwitchablePool<C> {
+    /// A replica-first connection on a replica that has replayed `token` (the
+    /// primary's position after some unit of work wrote), so that it reads that
+    /// write without pinning the primary.
+    ///
+    /// In order: a replica the lag monitor already saw past the token; else the
+    /// replicas' replay positions are checked directly, every millisecond, for up
+    /// to [`causal_wait`](crate::SwitchablePoolBuilder::causal_wait); else the
+    /// primary. Each outcome is counted ([`StatsSnapshot::causal_reads`](crate::StatsSnapshot::causal_reads)).
+    ///
+    /// Cancellation: connections checked out while waiting go back to their pools.
+    pub async fn get_after(&self, token: &CausalToken) -> Result<PooledConnection<C>, Error> {
+        let inner = &self.inner;
+        let stats = &self.router.stats;
+        if let Some(monitor) = &inner.monitor {
+            let reached = |i: usize| {
+                monitor
+                    .replay_lsn(i)
+                    .is_some_and(|lsn| token.is_reached_by(lsn))
+            };
+            for index in inner.replica_order(None) {
+                if !reached(index) {
+                    continue;
+                }
+                if let Some(lease) = inner.checkout_replica_at(index).await {
+                    stats.record_causal(CausalOutcome::Monitor);
+                    return Ok(self.wrap_replica(lease));
+                }
+            }
+        }
+        let deadline = Instant::now() + inner.causal_wait;
+        let mut leases: Vec<ReplicaLease<C>> = Vec::new();
+        for index in inner.replica_order(None) {
+            if let Some(lease) = inner.checkout_replica_at(index).await {
+                leases.push(lease);
+            }
+        }
+        while !leases.is_empty() {
+            let mut position = None;
+            for (at, lease) in leases.iter_mut().enumerate() {
+                match C::replay_lsn(&mut lease.handle).await {
+                    Ok(Some(lsn)) if token.is_reached_by(lsn) => {
+                        position = Some(at);
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(target: "diesel_rwsplit::pool", replica = lease.name, error = %e, "replay position check failed")
+                    }
+                }
+            }
+            if let Some(at) = position {
+                stats.record_causal(CausalOutcome::Checked);
+                return Ok(self.wrap_replica(leases.swap_remove(at)));
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(leases);
+        stats.record_causal(CausalOutcome::Primary);
+        self.get_primary().await
+    }
+
+    /// A connection for a session key (a user id, a session cookie): on the primary
+    /// if that key's last unit of work that wrote ended less than
+    /// [`session_window`](crate::SwitchablePoolBuilder::session_window) ago, else on
+    /// the default route. A connection from here that flips to the primary starts
+    /// the key's window when it is dropped.
+    pub async fn get_for_session(&self, key: &str) -> Result<PooledConnection<C>, Error> {
+        let mut conn = if self
+            .inner
+            .session_writes
+            .wrote_within(key, self.inner.session_window)
+        {
+            self.router.stats.record_session_window_read();
+            self.get_primary().await?
+        } else {
+            self.get().await?
+        };
+        let (pool, key) = (std::sync::Arc::clone(&self.inner), key.to_owned());
+        conn.set_after_write(Box::new(move || {
+            pool.session_writes.record(&key, pool.session_window)
+        }));
+        Ok(conn)
+    }
+
+    /// Wait until every replica in rotation has replayed up to the primary's WAL
+    /// position at the time of the call; `false` if `timeout` passes first. Checks
+    /// the replicas directly (one connection each); opens a primary connection to
+    /// read its position.
+    pub async fn wait_for_replication(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let target = match tokio::time::timeout(timeout, async {
+            let mut primary = self.inner.checkout_primary().await.ok()?;
+            C::current_wal_lsn(&mut primary).await.ok()
+        })
+        .await
+        {
+            Ok(Some(lsn)) => CausalToken::new(lsn),
+            _ => return false,
+        };
+        let indexes: Vec<usize> = (0..self.inner.replicas.len())
+            .filter(|i| self.inner.is_routable(*i))
+            .collect();
+        for index in indexes {
+            let Ok(Some(mut lease)) =
+                tokio::time::timeout_at(deadline.into(), self.inner.checkout_replica_at(index))
+                    .await
+            else {
+                return false;
+            };
+            loop {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(remaining, C::replay_lsn(&mut lease.handle)).await {
+                    Ok(Ok(Some(lsn))) if target.is_reached_by(lsn) => break,
+                    Ok(Ok(_)) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(1)).await
+                    }
+                    _ => return false,
+                }
+            }
+        }
+        true
+    }
+
+    /// Each replica's replication state as the lag monitor last saw it: lag in bytes
+    /// and time, last seen, health, role, last error. Empty without replicas.
+    pub fn replication_status(&self) -> Vec<ReplicaStatus> {
+        self.inner
+            .monitor
+            .as_ref()
+            .map(|m| m.status())
+            .unwrap_or_default()
+    }
+
+    /// Every counter ([`StatsSnapshot::to_prometheus`](crate::StatsSnapshot::to_prometheus))
+    /// plus, per replica (label `node="replicaN"`), the lag gauges as the monitor
+    /// last saw them: `rwsplit_replica_replay_lag_bytes`, `rwsplit_replica_lag_seconds`,
+    /// `rwsplit_replica_healthy` and `rwsplit_replica_in_rotation`.
+    pub fn to_prometheus(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = self.stats().to_prometheus();
+        let status = self.replication_status();
+        let admitted = self.replica_admitted();
+        let label = |name: &str| name.split(" (").next().unwrap_or(name).to_owned();
+        let mut gauge = |metric: &str, help: &str, values: Vec<(String, Option<f64>)>| {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} gauge");
+            for (node, value) in values {
+                if let Some(value) = value {
+                    let _ = writeln!(out, "{metric}{{node=\"{node}\"}} {value}");
+                }
+            }
+        };
+        gauge(
+            "rwsplit_replica_replay_lag_bytes",
+            "WAL bytes the replica's replay is behind the primary.",
+            status
+                .iter()
+                .map(|r| (label(&r.name), r.replay_lag_bytes.map(|b| b as f64)))
+                .collect(),
+        );
+        gauge(
+            "rwsplit_replica_lag_seconds",
+            "How long the replica has been behind the primary.",
+            status
+                .iter()
+                .map(|r| (label(&r.name), r.lag.map(|d| d.as_secs_f64())))
+                .collect(),
+        );
+        gauge(
+            "rwsplit_replica_healthy",
+            "1 if the replica answered the monitor's last probe as a standby.",
+            status
+                .iter()
+                .map(|r| {
+                    (
+                        label(&r.name),
+                        Some(f64::from(u8::from(r.healthy && r.in_recovery))),
+                    )
+                })
+                .collect(),
+        );
+        gauge(
+            "rwsplit_replica_in_rotation",
+            "1 if the pool routes reads to the replica (not ejected).",
+            status
+                .iter()
+                .zip(&admitted)
+                .map(|(r, a)| (label(&r.name), Some(f64::from(u8::from(*a)))))
+                .collect(),
+        );
+        out
+    }
+
+    fn wrap_replica(&self, lease: ReplicaLease<C>) -> PooledConnection<C> {
+        let conn = SwitchableConnection::replica_first(
+            lease,
+            self.source(),
+            std::sync::Arc::clone(&self.router),
+        );
+        PooledConnection::new(conn)
+    }
+}
