@@ -50,8 +50,8 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_rwsplit::axum::{audit, metrics, PrimaryConn, ReplicaConn};
+use diesel_rwsplit::testing::run_example_migrations;
 use diesel_rwsplit::testing::schema::{events, orders, users};
-use diesel_rwsplit::testing::{run_example_migrations, LocalCluster};
 use diesel_rwsplit::{interlock_refusal, InterlockMode, Route, SwitchablePool, Target};
 
 /// Header telling where the handler's connection ended up.
@@ -287,31 +287,9 @@ fn made_up_email(name: &str) -> String {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Keep the cluster alive for the whole run; dropping it stops the servers.
-    let (_cluster, primary_url, replica_urls) =
-        match (std::env::var("PRIMARY_URL"), std::env::var("REPLICA_URLS")) {
-            (Ok(primary), Ok(replicas)) => {
-                let replicas: Vec<String> = replicas
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|u| !u.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                println!(
-                    "using PRIMARY_URL and {} replica(s) from REPLICA_URLS",
-                    replicas.len()
-                );
-                (None, primary, replicas)
-            }
-            _ => {
-                let cluster = LocalCluster::builder().replicas(2).start().await?;
-                println!(
-                    "started a local primary + 2 streaming replicas under {}",
-                    cluster.dir().display()
-                );
-                let (primary, replicas) = (cluster.primary_url(), cluster.replica_urls());
-                (Some(cluster), primary, replicas)
-            }
-        };
+    let urls = diesel_rwsplit::testing::ClusterUrls::from_env_or_start(2).await?;
+    println!("{}", urls.describe());
+    let (_cluster, primary_url, replica_urls) = urls.into_parts();
     run_example_migrations(&primary_url).await?;
 
     let pool = SwitchablePool::<AsyncPgConnection>::builder()

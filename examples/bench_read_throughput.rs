@@ -37,7 +37,6 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use diesel_rwsplit::testing::LocalCluster;
 use diesel_rwsplit::{SwitchablePool, Target};
 
 diesel::table! {
@@ -258,28 +257,9 @@ async fn main() -> Result<(), Error> {
     let reads = arg(&args, 3).unwrap_or(3).max(1) as usize;
 
     // Keep a cluster we started alive for the whole run.
-    let (_cluster, primary, replicas) =
-        match (std::env::var("PRIMARY_URL"), std::env::var("REPLICA_URLS")) {
-            (Ok(primary), Ok(replicas)) => {
-                let replicas: Vec<String> = replicas
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|u| !u.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                println!(
-                    "cluster from PRIMARY_URL and REPLICA_URLS ({} replicas)",
-                    replicas.len()
-                );
-                (None, primary, replicas)
-            }
-            _ => {
-                let cluster = LocalCluster::start(2).await?;
-                println!("started a local primary + 2 replicas");
-                let (primary, replicas) = (cluster.primary_url(), cluster.replica_urls());
-                (Some(cluster), primary, replicas)
-            }
-        };
+    let urls = diesel_rwsplit::testing::ClusterUrls::from_env_or_start(2).await?;
+    println!("{}", urls.describe());
+    let (_cluster, primary, replicas) = urls.into_parts();
     if replicas.len() < 2 {
         return Err("this benchmark wants two replicas".into());
     }

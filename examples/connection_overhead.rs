@@ -89,11 +89,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let cluster = LocalCluster::start(1).await?;
     let mut setup = AsyncPgConnection::establish(&cluster.primary_url()).await?;
-    diesel::sql_query("CREATE TABLE bench_kv (id INT PRIMARY KEY, v TEXT NOT NULL)")
+    diesel::sql_query("CREATE TABLE IF NOT EXISTS bench_kv (id INT PRIMARY KEY, v TEXT NOT NULL)")
         .execute(&mut setup)
         .await?;
     diesel::sql_query(
-        "INSERT INTO bench_kv SELECT g, md5(g::text) FROM generate_series(1, 1000) g",
+        "INSERT INTO bench_kv SELECT g, md5(g::text) FROM generate_series(1, 1000) g ON CONFLICT DO NOTHING",
     )
     .execute(&mut setup)
     .await?;
@@ -140,7 +140,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     typed(&mut pooled_plain, 200).await;
     raw(&mut pooled_plain, 200).await;
 
-    // [typed plain, typed switchable, typed no-retry, raw plain, raw switchable, raw no-retry]
+    // Instruction counting (see BENCHMARKS.md): run one variant N times and exit, so
+    // that `valgrind --tool=callgrind` totals can be differenced between two N.
+    if let Ok(only) = std::env::var("RWSPLIT_OVERHEAD_ONLY") {
+        let (variant, n) = only
+            .split_once(':')
+            .ok_or("RWSPLIT_OVERHEAD_ONLY=variant:count")?;
+        let n: usize = n.parse()?;
+        match variant {
+            "plain" => typed(&mut plain, n).await,
+            "switchable" => typed(&mut switchable, n).await,
+            "no-retry" => typed(&mut no_retry, n).await,
+            "pooled" => typed(&mut pooled_plain, n).await,
+            other => return Err(format!("unknown variant {other}").into()),
+        };
+        return Ok(());
+    }
+
+    // [typed: plain, switchable, no-retry; raw: plain, switchable, no-retry; pooled typed, pooled raw]
     let mut results: [Vec<f64>; 8] = Default::default();
     for round in 0..rounds {
         // Rotate the order so that none always runs first or last.
@@ -174,24 +191,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "{rounds} rounds x {per_round} point reads per variant, one replica, one connection each"
     );
-    println!("| query | plain (q/s) | switchable, read retry on (q/s) | ratio | switchable, read retry off (q/s) | ratio |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    println!(
-        "| typed DSL `find(id).first()` | {:.0} | {:.0} | {:.3} | {:.0} | {:.3} |",
-        m[0],
-        m[1],
-        m[1] / m[0],
-        m[2],
-        m[2] / m[0]
-    );
-    println!(
-        "| `sql_query` with a bind | {:.0} | {:.0} | {:.3} | {:.0} | {:.3} |",
-        m[3],
-        m[4],
-        m[4] / m[3],
-        m[5],
-        m[5] / m[3]
-    );
+    println!("| query | plain (q/s) | plain, from a bb8 pool | ratio | switchable, read retry on | ratio | switchable, read retry off | ratio |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (label, base) in [
+        ("typed DSL `find(id).first()`", 0),
+        ("`sql_query` with a bind", 3),
+    ] {
+        let (plain, pooled) = (m[base], m[base + 6 - base / 3 * 2]);
+        let (retry, no_retry) = (m[base + 1], m[base + 2]);
+        println!(
+            "| {label} | {plain:.0} | {pooled:.0} | {:.3} | {retry:.0} | {:.3} | {no_retry:.0} | {:.3} |",
+            pooled / plain,
+            retry / plain,
+            no_retry / plain
+        );
+    }
     let stats = pool.stats();
     println!(
         "replica statements: {}, flips: {}",

@@ -31,7 +31,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use diesel_rwsplit::testing::LocalCluster;
 use diesel_rwsplit::{CausalOutcome, CausalToken, StatsSnapshot, SwitchablePool, Target};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
@@ -305,23 +304,9 @@ async fn run_phase(
 #[tokio::main]
 async fn main() -> BoxResult<()> {
     let config = Config::from_args()?;
-    let (_cluster, primary_url, replica_urls) =
-        match (std::env::var("PRIMARY_URL"), std::env::var("REPLICA_URLS")) {
-            (Ok(primary), Ok(replicas)) => {
-                let replicas: Vec<String> = replicas
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|u| !u.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                (None, primary, replicas)
-            }
-            _ => {
-                let cluster = LocalCluster::start(2).await?;
-                let (primary, replicas) = (cluster.primary_url(), cluster.replica_urls());
-                (Some(cluster), primary, replicas)
-            }
-        };
+    let urls = diesel_rwsplit::testing::ClusterUrls::from_env_or_start(2).await?;
+    println!("{}", urls.describe());
+    let (_cluster, primary_url, replica_urls) = urls.into_parts();
     if replica_urls.is_empty() {
         return Err("REPLICA_URLS names no replica".into());
     }

@@ -13,8 +13,8 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Integer};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_rwsplit::testing::run_example_migrations;
 use diesel_rwsplit::testing::schema::{orders, users};
-use diesel_rwsplit::testing::{run_example_migrations, LocalCluster};
 
 #[derive(Debug, Queryable, Selectable)]
 #[diesel(table_name = users)]
@@ -61,33 +61,9 @@ impl Named {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Keep the cluster alive for the whole run; dropping it stops the servers.
-    let (_cluster, primary_url, replica_urls) =
-        match (std::env::var("PRIMARY_URL"), std::env::var("REPLICA_URLS")) {
-            (Ok(primary), Ok(replicas)) => {
-                let replicas: Vec<String> = replicas
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|u| !u.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                println!(
-                    "using PRIMARY_URL and {} replica(s) from REPLICA_URLS",
-                    replicas.len()
-                );
-                (None, primary, replicas)
-            }
-            _ => {
-                let started = std::time::Instant::now();
-                let cluster = LocalCluster::builder().replicas(2).start().await?;
-                println!(
-                    "started a local primary + 2 streaming replicas in {:.2?} under {}",
-                    started.elapsed(),
-                    cluster.dir().display()
-                );
-                let (primary, replicas) = (cluster.primary_url(), cluster.replica_urls());
-                (Some(cluster), primary, replicas)
-            }
-        };
+    let urls = diesel_rwsplit::testing::ClusterUrls::from_env_or_start(2).await?;
+    println!("{}", urls.describe());
+    let (_cluster, primary_url, replica_urls) = urls.into_parts();
     if replica_urls.is_empty() {
         return Err("REPLICA_URLS names no replica".into());
     }

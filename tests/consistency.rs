@@ -5,31 +5,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{admin, create_table, WAIT};
-use diesel::sql_types::{BigInt, Integer};
+use common::{admin, create_table, port_of, server_port, until, WAIT};
+use diesel::sql_types::BigInt;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_rwsplit::testing::LocalCluster;
-use diesel_rwsplit::{CausalOutcome, CausalToken, PooledConnection, SwitchablePool, Target};
+use diesel_rwsplit::{CausalOutcome, CausalToken, SwitchablePool, Target};
 
 const INTERVAL: Duration = Duration::from_millis(50);
-
-fn port_of(url: &str) -> i32 {
-    url.rsplit(':')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-async fn server_port(conn: &mut PooledConnection) -> i32 {
-    diesel::select(diesel::dsl::sql::<Integer>("inet_server_port()"))
-        .get_result(conn)
-        .await
-        .unwrap()
-}
 
 async fn pool(cluster: &LocalCluster) -> SwitchablePool {
     SwitchablePool::<AsyncPgConnection>::builder()
@@ -39,14 +21,6 @@ async fn pool(cluster: &LocalCluster) -> SwitchablePool {
         .build()
         .await
         .unwrap()
-}
-
-async fn until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[derive(diesel::QueryableByName)]

@@ -5,11 +5,10 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{create_table, shared_cluster, WAIT};
-use diesel::sql_types::Integer;
+use common::{create_table, port_of, server_port, shared_cluster, WAIT};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_rwsplit::testing::LocalCluster;
-use diesel_rwsplit::{Balance, Error, PooledConnection, SwitchablePool, Target};
+use diesel_rwsplit::{Balance, Error, SwitchablePool, Target};
 
 fn builder(cluster: &LocalCluster) -> diesel_rwsplit::SwitchablePoolBuilder {
     SwitchablePool::<AsyncPgConnection>::builder()
@@ -19,25 +18,6 @@ fn builder(cluster: &LocalCluster) -> diesel_rwsplit::SwitchablePoolBuilder {
         .replica_checkout_timeout(Duration::from_millis(800))
         .ejection_backoff(Duration::from_millis(100), Duration::from_millis(400))
         .monitor_interval(Duration::from_millis(50))
-}
-
-fn port_of(url: &str) -> i32 {
-    url.rsplit(':')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-/// The port of the server that answers a read on this connection.
-async fn server_port(conn: &mut PooledConnection) -> i32 {
-    diesel::select(diesel::dsl::sql::<Integer>("inet_server_port()"))
-        .get_result(conn)
-        .await
-        .unwrap()
 }
 
 async fn reads_per_port(pool: &SwitchablePool, n: usize) -> HashMap<i32, usize> {

@@ -897,3 +897,68 @@ fn block_in_place<T>(work: impl FnOnce() -> T) -> T {
         _ => work(),
     }
 }
+
+/// A primary and replicas to run against: the servers named by `PRIMARY_URL` and
+/// `REPLICA_URLS` (comma-separated) when both are set, else a fresh
+/// [`LocalCluster`], kept alive as long as this value.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ClusterUrls {
+    /// The primary's URL.
+    pub primary: String,
+    /// The replicas' URLs.
+    pub replicas: Vec<String>,
+    /// The cluster started for the purpose, if one was (dropping it stops it).
+    pub cluster: Option<LocalCluster>,
+    started_in: Option<Duration>,
+}
+
+impl ClusterUrls {
+    /// Read the environment, or start a cluster with `replicas` replicas.
+    pub async fn from_env_or_start(replicas: usize) -> Result<ClusterUrls> {
+        if let (Ok(primary), Ok(list)) =
+            (std::env::var("PRIMARY_URL"), std::env::var("REPLICA_URLS"))
+        {
+            let replicas = list
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+            return Ok(ClusterUrls {
+                primary,
+                replicas,
+                cluster: None,
+                started_in: None,
+            });
+        }
+        let started = std::time::Instant::now();
+        let cluster = LocalCluster::start(replicas).await?;
+        Ok(ClusterUrls {
+            primary: cluster.primary_url(),
+            replicas: cluster.replica_urls(),
+            started_in: Some(started.elapsed()),
+            cluster: Some(cluster),
+        })
+    }
+
+    /// One line saying where the servers come from.
+    pub fn describe(&self) -> String {
+        match (&self.cluster, self.started_in) {
+            (Some(cluster), Some(took)) => format!(
+                "started a local primary + {} streaming replica(s) in {took:.2?} under {}",
+                self.replicas.len(),
+                cluster.dir().display()
+            ),
+            _ => format!(
+                "using PRIMARY_URL and {} replica(s) from REPLICA_URLS",
+                self.replicas.len()
+            ),
+        }
+    }
+
+    /// The cluster guard (keep it alive), the primary URL and the replica URLs.
+    pub fn into_parts(self) -> (Option<LocalCluster>, String, Vec<String>) {
+        (self.cluster, self.primary, self.replicas)
+    }
+}

@@ -32,6 +32,6 @@ mod process;
 mod template;
 
 pub use binaries::BINDIR_ENV;
-pub use cluster::{LocalCluster, LocalClusterBuilder, NodeStatus};
+pub use cluster::{ClusterUrls, LocalCluster, LocalClusterBuilder, NodeStatus};
 pub use example::{run_example_migrations, schema, EXAMPLE_MIGRATIONS};
 pub use process::is_gone as process_is_gone;

@@ -58,3 +58,38 @@ pub async fn statement_calls(url: &str, verb: &str, needle: &str) -> i64 {
         .unwrap();
     row.get(0)
 }
+
+/// The port in a `postgres://...@host:PORT/db` URL.
+pub fn port_of(url: &str) -> i32 {
+    url.rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The port of the server that answers a read on this connection.
+pub async fn server_port(conn: &mut diesel_rwsplit::PooledConnection) -> i32 {
+    use diesel_async::RunQueryDsl;
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+        "inet_server_port()",
+    ))
+    .get_result(conn)
+    .await
+    .unwrap()
+}
+
+/// Poll `condition` every 10 ms until it holds; fail after [`WAIT`].
+pub async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
