@@ -1,5 +1,6 @@
-//! Quick start: a real primary + two streaming replicas, the example schema, a few
-//! writes and reads, and on which node each statement ran.
+//! Quick start: a real primary + two streaming replicas, the example schema, and
+//! unchanged diesel-async code running through a `SwitchablePool`, printing on which
+//! node each statement ran and what the safety interlock did.
 //!
 //! ```text
 //! cargo run --example quickstart
@@ -8,178 +9,155 @@
 //! Boots a throwaway `LocalCluster` (about 1-2 s) unless `PRIMARY_URL` and
 //! `REPLICA_URLS` (comma-separated) point at an existing primary and replicas.
 
-use std::time::Duration;
-
 use diesel::prelude::*;
-use diesel::sql_types::{Bool, Integer};
+use diesel::sql_types::Integer;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use diesel_rwsplit::testing::run_example_migrations;
 use diesel_rwsplit::testing::schema::{orders, users};
+use diesel_rwsplit::testing::{run_example_migrations, ClusterUrls};
+use diesel_rwsplit::{
+    interlock_refusal, InterlockMode, PooledConnection, SwitchReason, SwitchablePool, Target,
+};
 
 #[derive(Debug, Queryable, Selectable)]
 #[diesel(table_name = users)]
 struct User {
     id: i64,
     name: String,
-    email: String,
 }
 
-#[derive(Debug, QueryableByName)]
-struct NodeInfo {
-    #[diesel(sql_type = Integer)]
-    port: i32,
-    #[diesel(sql_type = Bool)]
-    in_recovery: bool,
-}
-
-/// A connection with the name of the node it talks to, for printing.
-struct Named {
-    label: String,
-    conn: AsyncPgConnection,
-}
-
-impl Named {
-    async fn connect(url: &str, name: &str) -> Result<Self, Box<dyn std::error::Error>> {
-        let mut conn = AsyncPgConnection::establish(url).await?;
-        let info: NodeInfo = diesel::sql_query(
-            "SELECT inet_server_port() AS port, pg_is_in_recovery() AS in_recovery",
-        )
-        .get_result(&mut conn)
+/// `replica :43331` or `primary :37219`: where this connection's statements run now.
+async fn node(conn: &mut PooledConnection) -> Result<String, diesel::result::Error> {
+    let target = conn.target();
+    let port: i32 = diesel::select(diesel::dsl::sql::<Integer>("inet_server_port()"))
+        .get_result(conn)
         .await?;
-        let role = if info.in_recovery {
-            "replica"
-        } else {
-            "primary"
-        };
-        Ok(Named {
-            label: format!("{name} (port {}, {role})", info.port),
-            conn,
-        })
-    }
+    Ok(format!("{:<7} :{port}", target.as_str()))
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // Keep the cluster alive for the whole run; dropping it stops the servers.
-    let urls = diesel_rwsplit::testing::ClusterUrls::from_env_or_start(2).await?;
+    let urls = ClusterUrls::from_env_or_start(2).await?;
     println!("{}", urls.describe());
+    // Keep the cluster alive for the whole run; dropping it stops the servers.
     let (_cluster, primary_url, replica_urls) = urls.into_parts();
-    if replica_urls.is_empty() {
-        return Err("REPLICA_URLS names no replica".into());
-    }
-
     run_example_migrations(&primary_url).await?;
     println!("applied the example migrations on the primary\n");
 
-    let mut primary = Named::connect(&primary_url, "primary").await?;
-    let mut replicas = Vec::new();
-    for (i, url) in replica_urls.iter().enumerate() {
-        replicas.push(Named::connect(url, &format!("replica{}", i + 1)).await?);
-    }
+    let pool = SwitchablePool::<AsyncPgConnection>::builder()
+        .primary(&primary_url)
+        .replicas(replica_urls.clone())
+        .build()
+        .await?;
 
-    // Writes go to the primary (routed by hand here; the switchable connection
-    // does this automatically).
+    // A unit of work that only reads: served by a replica, no primary connection.
+    let mut conn = pool.get().await?;
+    let known: i64 = users::table.count().get_result(&mut conn).await?;
+    println!(
+        "[{}] SELECT count(*) FROM users -> {known}",
+        node(&mut conn).await?
+    );
+    drop(conn);
+
+    // A unit of work that writes: it starts on a replica; the INSERT flips it to the
+    // primary (the safety interlock), where it stays, so it reads its own writes.
+    let mut conn = pool.get().await?;
+    println!("[{}] (checked out)", node(&mut conn).await?);
     let suffix = std::process::id();
-    let new_users: Vec<(String, String)> = ["ada", "grace", "linus"]
+    let new_users: Vec<_> = ["ada", "grace", "linus"]
         .iter()
-        .map(|name| (name.to_string(), format!("{name}-{suffix}@example.com")))
+        .map(|name| {
+            (
+                users::name.eq(*name),
+                users::email.eq(format!("{name}-{suffix}@example.com")),
+            )
+        })
         .collect();
-    let inserted: Vec<i64> = diesel::insert_into(users::table)
-        .values(
-            new_users
-                .iter()
-                .map(|(n, e)| (users::name.eq(n), users::email.eq(e)))
-                .collect::<Vec<_>>(),
-        )
+    let ids: Vec<i64> = diesel::insert_into(users::table)
+        .values(new_users)
         .returning(users::id)
-        .get_results(&mut primary.conn)
+        .get_results(&mut conn)
         .await?;
     println!(
-        "{:<40} INSERT INTO users ... RETURNING id -> {inserted:?}",
-        primary.label
+        "[{}] INSERT INTO users ... RETURNING id -> {ids:?}   (flipped: {:?})",
+        node(&mut conn).await?,
+        conn.switch_reason()
     );
-    let order_rows = inserted
-        .iter()
-        .map(|id| (orders::user_id.eq(*id), orders::amount_cents.eq(1999)))
-        .collect::<Vec<_>>();
-    let placed = diesel::insert_into(orders::table)
-        .values(order_rows)
-        .execute(&mut primary.conn)
-        .await?;
-    println!("{:<40} INSERT INTO orders -> {placed} rows", primary.label);
-
-    // Wait until each replica has replayed what was just written, then read there.
-    let written: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
-        "pg_current_wal_lsn()::text",
-    ))
-    .get_result(&mut primary.conn)
-    .await?;
-    for (i, replica) in replicas.iter_mut().enumerate() {
-        wait_for_lsn(&mut replica.conn, &written).await?;
-        let found: Vec<User> = users::table
-            .filter(users::id.eq_any(&inserted))
-            .select(User::as_select())
-            .order(users::id)
-            .load(&mut replica.conn)
+    conn.transaction::<_, diesel::result::Error, _>(async |c| {
+        let rows: Vec<_> = ids
+            .iter()
+            .map(|id| (orders::user_id.eq(*id), orders::amount_cents.eq(1999)))
+            .collect();
+        diesel::insert_into(orders::table)
+            .values(rows)
+            .execute(c)
             .await?;
-        let names: Vec<&str> = found.iter().map(|u| u.name.as_str()).collect();
-        println!(
-            "{:<40} SELECT users WHERE id IN (...) -> {names:?} (read {i})",
-            replica.label
-        );
-        assert_eq!(
-            found.len(),
-            inserted.len(),
-            "replica missed rows after catching up"
-        );
-        debug_assert!(found.iter().all(|u| u.id > 0 && u.email.contains('@')));
-    }
-    let total: i64 = orders::table
-        .count()
-        .get_result(&mut replicas[0].conn)
+        Ok(())
+    })
+    .await?;
+    println!(
+        "[{}] BEGIN; INSERT INTO orders ...; COMMIT",
+        node(&mut conn).await?
+    );
+    let mine: Vec<User> = users::table
+        .filter(users::id.eq_any(&ids))
+        .select(User::as_select())
+        .load(&mut conn)
         .await?;
     println!(
-        "{:<40} SELECT count(*) FROM orders -> {total}",
-        replicas[0].label
+        "[{}] SELECT users WHERE id = ANY(...) -> {:?}",
+        node(&mut conn).await?,
+        mine.iter()
+            .map(|u| (u.id, u.name.as_str()))
+            .collect::<Vec<_>>()
     );
+    // A token for reading these writes elsewhere (another request, another service).
+    let token = conn
+        .causal_token()
+        .await?
+        .ok_or("a unit of work that wrote has a token")?;
+    drop(conn);
 
-    // And the second line of defence: a replica refuses writes outright.
-    let refused = diesel::insert_into(users::table)
-        .values((
-            users::name.eq("mallory"),
-            users::email.eq(format!("mallory-{suffix}@example.com")),
-        ))
-        .execute(&mut replicas[0].conn)
+    // Another connection reads them on a replica that provably has them.
+    let mut reader = pool.get_after(&token).await?;
+    let orders: i64 = orders::table
+        .filter(orders::user_id.eq_any(&ids))
+        .count()
+        .get_result(&mut reader)
+        .await?;
+    println!(
+        "[{}] causal read after token {token} -> {orders} orders",
+        node(&mut reader).await?
+    );
+    drop(reader);
+
+    // Raise mode refuses instead of flipping, and runs nothing.
+    let strict = SwitchablePool::<AsyncPgConnection>::builder()
+        .primary(&primary_url)
+        .replicas(replica_urls)
+        .interlock(InterlockMode::Raise)
+        .build()
+        .await?;
+    let mut conn = strict.get().await?;
+    let refused = diesel::delete(users::table.filter(users::id.eq_any(&ids)))
+        .execute(&mut conn)
         .await;
     println!(
-        "{:<40} INSERT INTO users -> {}",
-        replicas[0].label,
-        match refused {
-            Err(e) => format!("refused: {e}"),
-            Ok(_) => "ACCEPTED (this replica is not read-only!)".into(),
+        "[{}] DELETE FROM users ... -> {}",
+        node(&mut conn).await?,
+        match &refused {
+            Err(e) if interlock_refusal(e).is_some() => format!("refused: {e}"),
+            other => format!("{other:?}"),
         }
     );
-    Ok(())
-}
 
-/// Poll until the replica has replayed at least `lsn` (at most 5 s).
-async fn wait_for_lsn(
-    conn: &mut AsyncPgConnection,
-    lsn: &str,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let caught_up: bool = diesel::select(diesel::dsl::sql::<Bool>(&format!(
-            "pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"
-        )))
-        .get_result(conn)
-        .await?;
-        if caught_up {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(format!("replica did not reach {lsn} within 5 s").into());
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let stats = pool.stats();
+    println!(
+        "\nstatements: {} on replicas, {} on the primary; flips: {} for writes, {} for transactions",
+        stats.statements(Target::Replica),
+        stats.statements(Target::Primary),
+        stats.switches(SwitchReason::WriteStatement),
+        stats.switches(SwitchReason::TransactionBegin)
+    );
+    println!("\n{}", pool.audit_report());
+    Ok(())
 }
