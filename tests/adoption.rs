@@ -124,7 +124,6 @@ async fn app_wide_the_interlock_catches_every_unmarked_write() {
         )),
         "{text}"
     );
-    let _ = WAIT;
 }
 
 #[tokio::test]

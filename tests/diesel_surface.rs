@@ -5,7 +5,7 @@ mod common;
 
 use common::{admin, create_table, shared_cluster, WAIT};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Integer, Text};
+use diesel::sql_types::{Integer, Text};
 use diesel::upsert::excluded;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::{
@@ -406,5 +406,4 @@ async fn migrations_run_through_async_connection_wrapper() {
     .unwrap()
     .unwrap();
     assert_eq!(pending, 0);
-    let _ = BigInt;
 }

@@ -149,10 +149,11 @@ impl<C: SwitchTarget> fmt::Debug for SwitchableConnection<C> {
 
 /// Where a statement will run.
 enum Plan {
-    /// On the active connection, without waiting for anything first.
-    Direct(Target),
+    /// On the active connection, without waiting for anything first. Carries the
+    /// SQL if judging it had to render it, so that it is not rendered twice.
+    Direct(Target, Option<String>),
     /// Check out the primary first; the statement must be rendered to owned data.
-    AcquireFirst(Option<Flip>),
+    AcquireFirst(Option<Flip>, Option<String>),
 }
 
 /// A flip about to happen, with what it is counted under.
@@ -290,15 +291,15 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             ))
         };
         match self.decide(judge, true)? {
-            Plan::Direct(_) => Ok(()),
-            Plan::AcquireFirst(flip) => self.acquire_primary(flip).await,
+            Plan::Direct(..) => Ok(()),
+            Plan::AcquireFirst(flip, _) => self.acquire_primary(flip).await,
         }
     }
 
     async fn hook(&mut self, reason: SwitchReason) -> QueryResult<()> {
         match self.decide(|_| Ok((Verdict::Primary(reason), None)), true)? {
-            Plan::Direct(_) => Ok(()),
-            Plan::AcquireFirst(flip) => self.acquire_primary(flip).await,
+            Plan::Direct(..) => Ok(()),
+            Plan::AcquireFirst(flip, _) => self.acquire_primary(flip).await,
         }
     }
 
@@ -312,6 +313,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
     ) -> QueryResult<Plan> {
         let stats = &self.router.stats;
         if self.router.mode == InterlockMode::Observe && self.source.is_some() {
+            let mut rendered = None;
             if self.would_switch.is_none() {
                 let (verdict, sql) = judge(self)?;
                 if let Verdict::Primary(reason) = verdict {
@@ -322,6 +324,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
                     );
                     self.would_switch = Some(reason);
                 }
+                rendered = sql;
             }
             if !hook {
                 let would_be = if self.would_switch.is_some() {
@@ -333,21 +336,21 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
                 stats.record_statement(Target::Primary);
             }
             return Ok(if self.primary.is_some() {
-                Plan::Direct(Target::Primary)
+                Plan::Direct(Target::Primary, rendered)
             } else {
-                Plan::AcquireFirst(None)
+                Plan::AcquireFirst(None, rendered)
             });
         }
         if self.target() == Target::Primary || self.source.is_none() {
             if !hook {
                 stats.record_statement(Target::Primary);
             }
-            return Ok(Plan::Direct(Target::Primary));
+            return Ok(Plan::Direct(Target::Primary, None));
         }
         match judge(self)? {
-            (Verdict::Replica, _) => {
+            (Verdict::Replica, sql) => {
                 stats.record_statement(Target::Replica);
-                Ok(Plan::Direct(Target::Replica))
+                Ok(Plan::Direct(Target::Replica, sql))
             }
             (Verdict::Primary(reason), sql) => {
                 let fingerprint = self.fingerprint(sql.as_deref());
@@ -357,10 +360,13 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
                 if !hook {
                     stats.record_statement(Target::Primary);
                 }
-                Ok(Plan::AcquireFirst(Some(Flip {
-                    reason,
-                    fingerprint,
-                })))
+                Ok(Plan::AcquireFirst(
+                    Some(Flip {
+                        reason,
+                        fingerprint,
+                    }),
+                    sql,
+                ))
             }
         }
     }
@@ -470,6 +476,19 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             }
         }
         Ok(())
+    }
+
+    /// The statement as owned SQL + binds, reusing the SQL text if judging it
+    /// already rendered it.
+    fn render_owned<Q>(&self, query: &Q, sql: Option<String>) -> QueryResult<C::Rendered>
+    where
+        Q: QueryFragment<C::Backend> + QueryId,
+    {
+        let sql = match sql {
+            Some(sql) => sql,
+            None => C::render_sql(query)?,
+        };
+        C::render(query, sql, &self.router.render_ctx)
     }
 
     /// The verdict for a diesel query: cached by static query id, else classified
@@ -603,8 +622,8 @@ impl<C: SwitchTarget> SimpleAsyncConnection for SwitchableConnection<C> {
             self.raw_transaction_control = true;
         }
         let target = match self.decide(|_| Ok((verdict, Some(query.to_owned()))), false)? {
-            Plan::Direct(target) => target,
-            Plan::AcquireFirst(flip) => {
+            Plan::Direct(target, _) => target,
+            Plan::AcquireFirst(flip, _) => {
                 self.acquire_primary(flip).await?;
                 Target::Primary
             }
@@ -633,10 +652,9 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
         let query = source.as_query();
         match self.decide(|conn| conn.judge_query(&query), false) {
             Err(e) => future::ready(Err(e)).boxed(),
-            Ok(Plan::Direct(Target::Replica)) if self.retries_reads() => {
+            Ok(Plan::Direct(Target::Replica, sql)) if self.retries_reads() => {
                 // Rendered to owned SQL + binds so that it can run a second time.
-                let rendered = C::render_sql(&query)
-                    .and_then(|sql| C::render(&query, sql, &self.router.render_ctx));
+                let rendered = self.render_owned(&query, sql);
                 drop(query);
                 let ctx = self.router.render_ctx.clone();
                 async move {
@@ -673,11 +691,12 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
                 .instrument(statement_span(Target::Replica))
                 .boxed()
             }
-            Ok(Plan::Direct(target)) => with_span(C::load_direct(self.active_mut(), query), target),
-            Ok(Plan::AcquireFirst(flip)) => {
+            Ok(Plan::Direct(target, _)) => {
+                with_span(C::load_direct(self.active_mut(), query), target)
+            }
+            Ok(Plan::AcquireFirst(flip, sql)) => {
                 // The query is not Send: render it now, before the await.
-                let rendered = C::render_sql(&query)
-                    .and_then(|sql| C::render(&query, sql, &self.router.render_ctx));
+                let rendered = self.render_owned(&query, sql);
                 drop(query);
                 let ctx = self.router.render_ctx.clone();
                 async move {
@@ -700,9 +719,8 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
     {
         match self.decide(|conn| conn.judge_query(&source), false) {
             Err(e) => future::ready(Err(e)).boxed(),
-            Ok(Plan::Direct(Target::Replica)) if self.retries_reads() => {
-                let rendered = C::render_sql(&source)
-                    .and_then(|sql| C::render(&source, sql, &self.router.render_ctx));
+            Ok(Plan::Direct(Target::Replica, sql)) if self.retries_reads() => {
+                let rendered = self.render_owned(&source, sql);
                 drop(source);
                 let ctx = self.router.render_ctx.clone();
                 async move {
@@ -721,12 +739,11 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
                 .instrument(statement_span(Target::Replica))
                 .boxed()
             }
-            Ok(Plan::Direct(target)) => {
+            Ok(Plan::Direct(target, _)) => {
                 with_span(C::execute_direct(self.active_mut(), source), target)
             }
-            Ok(Plan::AcquireFirst(flip)) => {
-                let rendered = C::render_sql(&source)
-                    .and_then(|sql| C::render(&source, sql, &self.router.render_ctx));
+            Ok(Plan::AcquireFirst(flip, sql)) => {
+                let rendered = self.render_owned(&source, sql);
                 drop(source);
                 let ctx = self.router.render_ctx.clone();
                 async move {

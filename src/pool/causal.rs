@@ -57,7 +57,7 @@ impl<C: SwitchTarget> SwitchablePool<C> {
     /// Cancellation: connections checked out while waiting go back to their pools.
     pub async fn get_after(&self, token: &CausalToken) -> Result<PooledConnection<C>, Error> {
         let inner = &self.inner;
-        let stats = &self.router.stats;
+        let stats = &self.inner.router.stats;
         if let Some(monitor) = &inner.monitor {
             let reached = |i: usize| {
                 monitor
@@ -120,7 +120,7 @@ impl<C: SwitchTarget> SwitchablePool<C> {
             .session_writes
             .wrote_within(key, self.inner.session_window)
         {
-            self.router.stats.record_session_window_read();
+            self.inner.router.stats.record_session_window_read();
             self.get_primary().await?
         } else {
             self.get().await?
@@ -244,7 +244,7 @@ impl<C: SwitchTarget> SwitchablePool<C> {
         let conn = SwitchableConnection::replica_first(
             lease,
             self.source(),
-            std::sync::Arc::clone(&self.router),
+            std::sync::Arc::clone(&self.inner.router),
         );
         PooledConnection::new(conn)
     }

@@ -57,11 +57,24 @@ struct Health {
 struct NodePool<C: SwitchTarget> {
     name: String,
     pool: Arc<dyn NodeConnections<C>>,
-    health: Health,
+    /// Shared with the node's checked-out connections, which keep its outstanding count.
+    health: Arc<Health>,
     weight: u32,
 }
 
 impl<C: SwitchTarget> NodePool<C> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn health(&self) -> &Health {
+        &self.health
+    }
+
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+
     fn checkout(&self) -> BoxFuture<'static, Result<Handle<C>, Error>> {
         let name = self.name.clone();
         let checkout = self.pool.checkout();
@@ -79,8 +92,7 @@ impl<C: SwitchTarget> NodePool<C> {
 /// A replica connection that keeps its node's outstanding count while checked out.
 struct Counted<C> {
     inner: Handle<C>,
-    node: Arc<PoolInner<C>>,
-    index: usize,
+    health: Arc<Health>,
 }
 
 impl<C> Deref for Counted<C> {
@@ -99,8 +111,7 @@ impl<C> DerefMut for Counted<C> {
 
 impl<C> Drop for Counted<C> {
     fn drop(&mut self) {
-        // `PoolInner<C>` only exists for `C: SwitchTarget`, but Drop cannot require it.
-        self.node.release_outstanding(self.index);
+        self.health.outstanding.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -120,13 +131,13 @@ impl Backoff {
     }
 }
 
-struct PoolInner<C> {
+struct PoolInner<C: SwitchTarget> {
     epoch: Instant,
-    primary: NodePoolBox<C>,
-    replicas: Vec<NodePoolBox<C>>,
+    primary: NodePool<C>,
+    replicas: Vec<NodePool<C>>,
     next_replica: AtomicUsize,
     random_state: AtomicU64,
-    router: RouterBox<C>,
+    router: Arc<Router<C>>,
     default_route: Route,
     balance: Balance,
     backoff: Backoff,
@@ -141,59 +152,13 @@ struct PoolInner<C> {
     session_writes: causal::SessionWrites,
 }
 
-// Boxed behind traits so that `PoolInner<C>` (and `Counted<C>`'s Drop) need no bound.
-type NodePoolBox<C> = Box<dyn NodeHandle<C>>;
-type RouterBox<C> = Arc<dyn RouterHandle<C>>;
-
-trait NodeHandle<C>: Send + Sync {
-    fn node(&self) -> &dyn NodeAccess<C>;
-}
-
-trait NodeAccess<C>: Send + Sync {
-    fn name(&self) -> &str;
-    fn health(&self) -> &Health;
-    fn weight(&self) -> u32;
-    fn checkout(&self) -> BoxFuture<'static, Result<Handle<C>, Error>>;
-}
-
-impl<C: SwitchTarget> NodeAccess<C> for NodePool<C> {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn health(&self) -> &Health {
-        &self.health
-    }
-    fn weight(&self) -> u32 {
-        self.weight
-    }
-    fn checkout(&self) -> BoxFuture<'static, Result<Handle<C>, Error>> {
-        NodePool::checkout(self)
-    }
-}
-
-impl<C: SwitchTarget> NodeHandle<C> for NodePool<C> {
-    fn node(&self) -> &dyn NodeAccess<C> {
-        self
-    }
-}
-
-trait RouterHandle<C>: Send + Sync {
-    fn stats(&self) -> &crate::stats::Stats;
-}
-
-impl<C: SwitchTarget> RouterHandle<C> for Router<C> {
-    fn stats(&self) -> &crate::stats::Stats {
-        &self.stats
-    }
-}
-
-impl<C> PoolInner<C> {
+impl<C: SwitchTarget> PoolInner<C> {
     fn now(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn replica(&self, index: usize) -> &dyn NodeAccess<C> {
-        self.replicas[index].node()
+    fn replica(&self, index: usize) -> &NodePool<C> {
+        &self.replicas[index]
     }
 
     fn is_admitted(&self, index: usize) -> bool {
@@ -318,7 +283,7 @@ impl<C: SwitchTarget> PoolInner<C> {
             .saturating_add(u64::try_from(backoff.as_nanos()).unwrap_or(u64::MAX));
         node.health().next_probe_at.store(until, Ordering::Relaxed);
         node.health().ejected.store(true, Ordering::Relaxed);
-        self.router.stats().record_ejection();
+        self.router.stats.record_ejection();
         tracing::warn!(target: "diesel_rwsplit::pool", replica = node.name(), error, backoff = ?backoff, "replica ejected");
         if !node.health().probing.swap(true, Ordering::Relaxed) {
             // Weak: a probe must not keep a dropped pool (and its monitor) alive.
@@ -350,7 +315,7 @@ impl<C: SwitchTarget> PoolInner<C> {
                         .store(0, Ordering::Relaxed);
                     node.health().probing.store(false, Ordering::Relaxed);
                     node.health().ejected.store(false, Ordering::Relaxed);
-                    pool.router.stats().record_readmission();
+                    pool.router.stats.record_readmission();
                     tracing::info!(target: "diesel_rwsplit::pool", replica = node.name(), "replica re-admitted");
                     return;
                 }
@@ -394,11 +359,10 @@ impl<C: SwitchTarget> PoolInner<C> {
                 node.health()
                     .consecutive_failures
                     .store(0, Ordering::Relaxed);
-                self.router.stats().record_checkout(Target::Replica);
+                self.router.stats.record_checkout(Target::Replica);
                 let handle: Handle<C> = Box::new(Counted {
                     inner: handle,
-                    node: Arc::clone(self),
-                    index,
+                    health: Arc::clone(&node.health),
                 });
                 Some(ReplicaLease {
                     handle,
@@ -415,14 +379,14 @@ impl<C: SwitchTarget> PoolInner<C> {
     }
 
     async fn checkout_primary(&self) -> Result<Handle<C>, Error> {
-        let handle = self.primary.node().checkout().await?;
-        self.router.stats().record_checkout(Target::Primary);
+        let handle = self.primary.checkout().await?;
+        self.router.stats.record_checkout(Target::Primary);
         Ok(handle)
     }
 }
 
 /// The pool as its connections' node source.
-struct Source<C>(Arc<PoolInner<C>>);
+struct Source<C: SwitchTarget>(Arc<PoolInner<C>>);
 
 impl<C: SwitchTarget> NodeSource<C> for Source<C> {
     fn acquire_primary(&self) -> BoxFuture<'static, Result<Handle<C>, Error>> {
@@ -483,14 +447,12 @@ impl<C: SwitchTarget> NodeSource<C> for Source<C> {
 /// ```
 pub struct SwitchablePool<C: SwitchTarget = AsyncPgConnection> {
     inner: Arc<PoolInner<C>>,
-    router: Arc<Router<C>>,
 }
 
 impl<C: SwitchTarget> Clone for SwitchablePool<C> {
     fn clone(&self) -> Self {
         SwitchablePool {
             inner: Arc::clone(&self.inner),
-            router: Arc::clone(&self.router),
         }
     }
 }
@@ -499,7 +461,7 @@ impl<C: SwitchTarget> fmt::Debug for SwitchablePool<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SwitchablePool")
             .field("nodes", &self.node_names())
-            .field("interlock", &self.router.mode)
+            .field("interlock", &self.inner.router.mode)
             .field("default_route", &self.inner.default_route)
             .field("balance", &self.inner.balance)
             .finish()
@@ -533,7 +495,7 @@ impl<C: SwitchTarget> SwitchablePool<C> {
         let conn = SwitchableConnection::on_primary(
             primary,
             Some(self.source()),
-            Arc::clone(&self.router),
+            Arc::clone(&self.inner.router),
         );
         Ok(PooledConnection::new(conn))
     }
@@ -547,18 +509,21 @@ impl<C: SwitchTarget> SwitchablePool<C> {
     /// returned when fallback is off. With no replicas configured, everything is on
     /// the primary.
     pub async fn get_replica(&self) -> Result<PooledConnection<C>, Error> {
-        if self.router.mode == InterlockMode::Observe {
+        if self.inner.router.mode == InterlockMode::Observe {
             return Ok(PooledConnection::new(SwitchableConnection::observing(
                 self.source(),
-                Arc::clone(&self.router),
+                Arc::clone(&self.inner.router),
             )));
         }
         if self.inner.replicas.is_empty() {
             return self.get_primary().await;
         }
         if let Some(lease) = self.inner.checkout_replica(None).await {
-            let conn =
-                SwitchableConnection::replica_first(lease, self.source(), Arc::clone(&self.router));
+            let conn = SwitchableConnection::replica_first(
+                lease,
+                self.source(),
+                Arc::clone(&self.inner.router),
+            );
             return Ok(PooledConnection::new(conn));
         }
         if !self.inner.fallback_to_primary {
@@ -566,7 +531,7 @@ impl<C: SwitchTarget> SwitchablePool<C> {
                 replicas: self.inner.replicas.len(),
             });
         }
-        self.router.stats.record_replica_fallback();
+        self.inner.router.stats.record_replica_fallback();
         self.get_primary().await
     }
 
@@ -578,26 +543,26 @@ impl<C: SwitchTarget> SwitchablePool<C> {
     /// fallbacks, retries, ejections, top fingerprints, ...). Cheap; takes no lock
     /// that a statement waits on.
     pub fn stats(&self) -> StatsSnapshot {
-        self.router.stats.snapshot()
+        self.inner.router.stats.snapshot()
     }
 
     /// Where the interlock carried the application: the statements that tripped it,
     /// by fingerprint, with reason, count and first and last seen; in `Observe`
     /// mode, the share of statements and units of work replicas would have served.
     pub fn audit_report(&self) -> crate::AuditReport {
-        crate::AuditReport::new(self.router.mode, &self.stats())
+        crate::AuditReport::new(self.inner.router.mode, &self.stats())
     }
 
     /// The interlock mode.
     pub fn interlock(&self) -> InterlockMode {
-        self.router.mode
+        self.inner.router.mode
     }
 
     /// Printable names of the nodes (`primary (host:port)`, `replica1 (host:port)`, ...).
     pub fn node_names(&self) -> Vec<String> {
         std::iter::once(&self.inner.primary)
             .chain(&self.inner.replicas)
-            .map(|n| n.node().name().to_owned())
+            .map(|n| n.name().to_owned())
             .collect()
     }
 
@@ -960,7 +925,7 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             1,
             true,
         );
-        let mut replicas: Vec<NodePoolBox<C>> = Vec::with_capacity(self.replicas.len());
+        let mut replicas: Vec<NodePool<C>> = Vec::with_capacity(self.replicas.len());
         let mut monitored = Vec::with_capacity(self.replicas.len());
         for (index, url) in self.replicas.iter().enumerate() {
             let label = format!("replica{}", index + 1);
@@ -992,7 +957,7 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             replicas,
             next_replica: AtomicUsize::new(0),
             random_state: AtomicU64::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
-            router: Arc::clone(&router) as RouterBox<C>,
+            router,
             default_route: self.default_route,
             balance: self.balance,
             backoff: self.backoff,
@@ -1005,7 +970,7 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             session_window: self.session_window,
             session_writes: causal::SessionWrites::default(),
         });
-        Ok(SwitchablePool { inner, router })
+        Ok(SwitchablePool { inner })
     }
 }
 
@@ -1016,7 +981,7 @@ fn node_pool<C: SwitchTarget>(
     role: RoleSettings,
     weight: u32,
     retry_connect: bool,
-) -> NodePoolBox<C> {
+) -> NodePool<C> {
     let mut session_sql: Vec<String> = read_only_sql.map(str::to_owned).into_iter().collect();
     session_sql.extend(role.statement_timeout.map(C::statement_timeout_sql));
     let pool = C::node_pool(NodePoolSettings {
@@ -1027,12 +992,12 @@ fn node_pool<C: SwitchTarget>(
         checkout_timeout: role.checkout_timeout,
         retry_connect,
     });
-    Box::new(NodePool {
+    NodePool {
         name,
         pool,
-        health: Health::default(),
+        health: Arc::default(),
         weight,
-    })
+    }
 }
 
 /// Whether every TCP host of `url` accepts a connection within `timeout`.
