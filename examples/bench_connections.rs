@@ -18,11 +18,11 @@
 //!   primary and one replica connection at its start and keeps both to its end;
 //!   reads go to the replica connection, the write to the primary one;
 //! - (c) `SwitchablePool` (default route replica, interlock `Switch`,
-//!   `primary_max_size` TASKS, `replica_max_size` TASKS/2): one `get()` per unit;
-//!   a writing unit flips to the primary at its `UPDATE` and keeps it for the rest
-//!   of that unit (its last read runs on the primary);
-//! - (c2) the same with the primary pool capped at TASKS/8 (`primary_max_size`
-//!   8 for 64 tasks): only the writing units' tails need it.
+//!   `replica_max_size` TASKS/2, and the primary pool sized for the writes as the
+//!   crate's docs advise: `primary_max_size` TASKS/8, 8 for 64 tasks): one `get()`
+//!   per unit; a writing unit flips to the primary at its `UPDATE` and keeps it for
+//!   the rest of that unit (its last read runs on the primary);
+//! - (c-wide) the same with the primary pool left at TASKS, as (a) sizes it.
 //!
 //! Every pool keeps bb8's defaults otherwise (no `min_idle`: connections open on
 //! demand and stay; test on checkout), so a pool opens as many connections as
@@ -36,6 +36,11 @@
 //! connection of the previous one has gone; throughput is counted after a 1 s
 //! warm-up, connection peaks over the whole run. The report gives medians over the
 //! rounds.
+//!
+//! `RWSPLIT_NODE_CPUS=0.5` (Linux, root, cgroup v1 `cpu` or v2) caps each server at
+//! that many CPUs, as if every node had a machine of its own of equal size; the
+//! benchmark itself is not capped. Without it the client and all three servers
+//! share the machine's cores, so moving reads to replicas adds no capacity.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -125,7 +130,7 @@ enum Setup {
     PrimaryOnly,
     NaiveSplit,
     Switchable,
-    SwitchableCapped,
+    SwitchableWide,
 }
 
 impl Setup {
@@ -133,7 +138,7 @@ impl Setup {
         Setup::PrimaryOnly,
         Setup::NaiveSplit,
         Setup::Switchable,
-        Setup::SwitchableCapped,
+        Setup::SwitchableWide,
     ];
 
     fn name(self) -> &'static str {
@@ -141,7 +146,7 @@ impl Setup {
             Setup::PrimaryOnly => "(a) primary only",
             Setup::NaiveSplit => "(b) naive split",
             Setup::Switchable => "(c) SwitchablePool",
-            Setup::SwitchableCapped => "(c2) SwitchablePool, capped",
+            Setup::SwitchableWide => "(c-wide) SwitchablePool, primary pool TASKS",
         }
     }
 
@@ -150,14 +155,15 @@ impl Setup {
         let per_replica = tasks.div_ceil(replicas as u32);
         match self {
             Setup::PrimaryOnly => (tasks, 0),
-            Setup::NaiveSplit | Setup::Switchable => (tasks, per_replica),
-            Setup::SwitchableCapped => (capped(tasks), per_replica),
+            Setup::NaiveSplit | Setup::SwitchableWide => (tasks, per_replica),
+            Setup::Switchable => (for_writes(tasks), per_replica),
         }
     }
 }
 
-/// The primary pool of (c2): an eighth of the tasks (at least 2).
-fn capped(tasks: u32) -> u32 {
+/// The primary pool of (c): an eighth of the tasks (at least 2), the concurrent
+/// writing units at 10% writes with some headroom.
+fn for_writes(tasks: u32) -> u32 {
     (tasks / 8).max(2)
 }
 
@@ -196,7 +202,7 @@ impl Pools {
                     .collect(),
                 next: AtomicUsize::new(0),
             },
-            Setup::Switchable | Setup::SwitchableCapped => Pools::Switchable(
+            Setup::Switchable | Setup::SwitchableWide => Pools::Switchable(
                 SwitchablePool::<AsyncPgConnection>::builder()
                     .primary(primary)
                     .replicas(replicas.iter().cloned())
@@ -532,6 +538,23 @@ async fn main() -> Result<(), Error> {
         "local cluster (1 primary + 2 replicas, max_connections 400) up in {:.1?}",
         started.elapsed()
     );
+    let _caps = match std::env::var("RWSPLIT_NODE_CPUS").ok() {
+        Some(cpus) => {
+            let cpus: f64 = cpus.parse()?;
+            let mut pids = vec![cluster.primary_pid()];
+            for index in 0..cluster.replica_count() {
+                pids.push(cluster.replica_pid(index)?);
+            }
+            let mut caps = Vec::new();
+            for (node, pid) in pids.into_iter().enumerate() {
+                let pid = pid.ok_or("a node has no server process")?;
+                caps.push(cpu_cap::CpuCap::apply(&format!("node{node}"), pid, cpus)?);
+            }
+            println!("each server capped at {cpus} CPUs (cgroup), the benchmark not");
+            caps
+        }
+        None => Vec::new(),
+    };
     {
         let mut setup = AsyncPgConnection::establish(&primary).await?;
         diesel::sql_query("CREATE TABLE bench_items (id BIGINT PRIMARY KEY, name TEXT NOT NULL, counter BIGINT NOT NULL)")
@@ -556,7 +579,7 @@ async fn main() -> Result<(), Error> {
         match setup {
             Setup::PrimaryOnly => format!("primary {primary}"),
             Setup::NaiveSplit => format!("primary {primary} + {per_replica} per replica"),
-            Setup::Switchable | Setup::SwitchableCapped => {
+            Setup::Switchable | Setup::SwitchableWide => {
                 format!("primary_max_size {primary}, replica_max_size {per_replica}")
             }
         }
@@ -632,4 +655,89 @@ async fn main() -> Result<(), Error> {
         println!("\n{errors} units of work failed (first error of each run printed on stderr)");
     }
     Ok(())
+}
+
+/// Per-node CPU caps through cgroups, to stand in for one machine per node.
+mod cpu_cap {
+    use std::fs;
+    use std::path::PathBuf;
+
+    /// A cgroup holding one server's processes, removed on drop (once they are gone).
+    pub(crate) struct CpuCap(PathBuf);
+
+    impl CpuCap {
+        /// Cap the server whose postmaster is `pid`, and every process it has
+        /// forked or will fork, at `cpus` CPUs.
+        pub(crate) fn apply(
+            name: &str,
+            pid: u32,
+            cpus: f64,
+        ) -> Result<CpuCap, Box<dyn std::error::Error + Send + Sync>> {
+            let period: u64 = 100_000;
+            let quota = (cpus * period as f64).round().max(1000.0) as u64;
+            let group = format!("rws-bench-{}-{name}", std::process::id());
+            let v1 = PathBuf::from("/sys/fs/cgroup/cpu");
+            let dir = if v1.join("cpu.cfs_quota_us").exists() {
+                let dir = v1.join(&group);
+                fs::create_dir_all(&dir)?;
+                fs::write(dir.join("cpu.cfs_period_us"), period.to_string())?;
+                fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string())?;
+                dir
+            } else {
+                let dir = PathBuf::from("/sys/fs/cgroup").join(&group);
+                fs::create_dir_all(&dir)?;
+                fs::write(dir.join("cpu.max"), format!("{quota} {period}"))?;
+                dir
+            };
+            let cap = CpuCap(dir);
+            fs::write(cap.0.join("cgroup.procs"), pid.to_string())?;
+            for child in children(pid) {
+                // A short-lived child may be gone by now: nothing to cap.
+                let _ = fs::write(cap.0.join("cgroup.procs"), child.to_string());
+            }
+            Ok(cap)
+        }
+    }
+
+    /// The direct children of `parent` (a postmaster's server processes).
+    fn children(parent: u32) -> Vec<u32> {
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+                        let after = &stat[stat.rfind(')')? + 1..];
+                        after.split_whitespace().nth(1)?.parse::<u32>().ok()
+                    })
+                    == Some(parent)
+            })
+            .collect()
+    }
+
+    impl Drop for CpuCap {
+        fn drop(&mut self) {
+            // A cgroup with members cannot be removed: hand them back to the parent.
+            if let (Ok(members), Some(parent)) = (
+                fs::read_to_string(self.0.join("cgroup.procs")),
+                self.0.parent(),
+            ) {
+                for pid in members.lines() {
+                    let _ = fs::write(parent.join("cgroup.procs"), pid);
+                }
+            }
+            // Exiting members linger as zombies for a moment (design.md): retry.
+            for _ in 0..60 {
+                if fs::remove_dir(&self.0).is_ok() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            eprintln!("could not remove {}", self.0.display());
+        }
+    }
 }

@@ -20,15 +20,20 @@
 //!   balancing and `backend_weight0 = 0`, so reads go to the replicas only); skipped
 //!   otherwise;
 //! - (iii) `SwitchablePool`: replica-first connections over both replicas
-//!   (`replica_max_size` TASKS, round robin, read retry on, the defaults), reads only;
-//! - (iii-b) the same with `read_retry(false)` (no rendering of each read into owned
-//!   SQL + binds for a possible retry).
+//!   (`replica_max_size` TASKS, round robin, read retry on, the defaults), reads only:
+//!   like for like with (i-b);
+//! - (iii-1) the same over replica 1 only: like for like with (i), the same server
+//!   and the same number of connections, so that only the client code differs;
+//! - (iii-b) (iii) with `read_retry(false)` (reads delegated to the inner connection
+//!   instead of being rendered to owned SQL + binds for a possible retry).
 //!
 //! Every pool keeps bb8's defaults otherwise (test on checkout). The cluster is
 //! `PRIMARY_URL` + `REPLICA_URLS` (comma-separated) when set, else a fresh
 //! `LocalCluster` with 2 replicas. Pools are built and warmed once; the variants then
 //! run interleaved, round after round, in a rotating order; the report gives the
-//! median reads/s of each and the ratios.
+//! median reads/s of each, the ratios, and the benchmark process's own CPU time
+//! (user + system, `getrusage`) per read: the client-side cost, which the shared
+//! machine's noise does not blur the way it blurs throughput.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -81,6 +86,7 @@ enum Variant {
     DirectBoth(Vec<PlainPool>, AtomicUsize),
     Pgpool(PlainPool),
     Switchable(SwitchablePool<AsyncPgConnection>),
+    SwitchableOne(SwitchablePool<AsyncPgConnection>),
     SwitchableNoRetry(SwitchablePool<AsyncPgConnection>),
 }
 
@@ -90,7 +96,8 @@ impl Variant {
             Variant::Direct(_) => "(i) direct to replica 1",
             Variant::DirectBoth(..) => "(i-b) direct, both replicas in turn",
             Variant::Pgpool(_) => "(ii) pgpool-II",
-            Variant::Switchable(_) => "(iii) SwitchablePool",
+            Variant::Switchable(_) => "(iii) SwitchablePool, both replicas",
+            Variant::SwitchableOne(_) => "(iii-1) SwitchablePool, replica 1 only",
             Variant::SwitchableNoRetry(_) => "(iii-b) SwitchablePool, read_retry(false)",
         }
     }
@@ -102,7 +109,9 @@ impl Variant {
             Variant::DirectBoth(pools, next) => {
                 &pools[next.fetch_add(1, Ordering::Relaxed) % pools.len()]
             }
-            Variant::Switchable(pool) | Variant::SwitchableNoRetry(pool) => {
+            Variant::Switchable(pool)
+            | Variant::SwitchableOne(pool)
+            | Variant::SwitchableNoRetry(pool) => {
                 let mut conn = pool.get().await?;
                 for key in keys {
                     read!(&mut conn, *key)?;
@@ -126,7 +135,28 @@ fn plain_pool(url: &str, size: u32) -> PlainPool {
         .build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(url))
 }
 
-/// Reads per second of `tasks` tasks for `run` (after `warmup`), and the errors.
+/// CPU time (user + system) this process has used so far.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
+}
+
+/// What one measurement saw.
+struct Measured {
+    reads_per_sec: f64,
+    /// This process's CPU time per read, in microseconds.
+    client_cpu_us: f64,
+    errors: u64,
+}
+
+/// Reads per second of `tasks` tasks for `run` (after `warmup`), the client CPU
+/// per read, and the errors.
 async fn measure(
     variant: &Arc<Variant>,
     tasks: usize,
@@ -134,7 +164,7 @@ async fn measure(
     warmup: Duration,
     run: Duration,
     seed: u64,
-) -> (f64, u64) {
+) -> Measured {
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -165,17 +195,27 @@ async fn measure(
         }));
     }
     tokio::time::sleep(warmup).await;
-    let (from, at) = (AtomicU64::load(&done, Ordering::Relaxed), Instant::now());
+    let (from, at, cpu_from) = (
+        AtomicU64::load(&done, Ordering::Relaxed),
+        Instant::now(),
+        process_cpu(),
+    );
     tokio::time::sleep(run).await;
-    let (to, until) = (AtomicU64::load(&done, Ordering::Relaxed), Instant::now());
+    let (to, until, cpu_to) = (
+        AtomicU64::load(&done, Ordering::Relaxed),
+        Instant::now(),
+        process_cpu(),
+    );
     stop.store(true, Ordering::Relaxed);
     for handler in handlers {
         let _ = handler.await;
     }
-    (
-        (to - from) as f64 / (until - at).as_secs_f64(),
-        AtomicU64::load(&errors, Ordering::Relaxed),
-    )
+    let reads = (to - from).max(1) as f64;
+    Measured {
+        reads_per_sec: (to - from) as f64 / (until - at).as_secs_f64(),
+        client_cpu_us: (cpu_to - cpu_from).as_secs_f64() * 1e6 / reads,
+        errors: AtomicU64::load(&errors, Ordering::Relaxed),
+    }
 }
 
 /// The `index`th numeric argument. (`RunQueryDsl::first` shadows `slice::first`.)
@@ -288,6 +328,14 @@ async fn main() -> Result<(), Error> {
         .build()
         .await?;
     variants.push(Arc::new(Variant::Switchable(switchable.clone())));
+    let one = SwitchablePool::<AsyncPgConnection>::builder()
+        .primary(&primary)
+        .replicas([replicas[0].clone()])
+        .primary_max_size(2)
+        .replica_max_size(size)
+        .build()
+        .await?;
+    variants.push(Arc::new(Variant::SwitchableOne(one)));
     let no_retry = SwitchablePool::<AsyncPgConnection>::builder()
         .primary(&primary)
         .replicas(replicas.iter().cloned())
@@ -300,23 +348,29 @@ async fn main() -> Result<(), Error> {
 
     // Warm every pool: connections opened, statements prepared, caches filled.
     for variant in &variants {
-        let (rate, errors) = measure(variant, tasks, reads, Duration::ZERO, WARMUP, 1).await;
-        if errors > 0 {
+        let warm = measure(variant, tasks, reads, Duration::ZERO, WARMUP, 1).await;
+        if warm.errors > 0 {
+            let errors = warm.errors;
             return Err(format!("{}: {errors} errors while warming up", variant.name()).into());
         }
-        println!("warm-up {:<36} {rate:>8.0} reads/s", variant.name());
+        println!(
+            "warm-up {:<42} {:>8.0} reads/s",
+            variant.name(),
+            warm.reads_per_sec
+        );
     }
 
     println!(
         "{tasks} tasks, {reads} point reads per checkout, {seconds} s per variant and round, {rounds} rounds, order rotating"
     );
     let mut results: Vec<Vec<f64>> = variants.iter().map(|_| Vec::new()).collect();
+    let mut cpu: Vec<Vec<f64>> = variants.iter().map(|_| Vec::new()).collect();
     let mut errors = 0;
     for round in 0..rounds {
         let mut line = format!("round {:>2}:", round + 1);
         for step in 0..variants.len() {
             let index = (round + step) % variants.len();
-            let (rate, failed) = measure(
+            let measured = measure(
                 &variants[index],
                 tasks,
                 reads,
@@ -325,11 +379,13 @@ async fn main() -> Result<(), Error> {
                 round as u64 + 7,
             )
             .await;
-            errors += failed;
-            results[index].push(rate);
+            errors += measured.errors;
+            results[index].push(measured.reads_per_sec);
+            cpu[index].push(measured.client_cpu_us);
             line.push_str(&format!(
-                "  {} {rate:.0}",
-                variants[index].name().split(' ').next().unwrap_or("?")
+                "  {} {:.0}",
+                variants[index].name().split(' ').next().unwrap_or("?"),
+                measured.reads_per_sec
             ));
         }
         println!("{line}");
@@ -337,26 +393,29 @@ async fn main() -> Result<(), Error> {
 
     let medians: Vec<f64> = results.iter().map(|r| median(r)).collect();
     let direct = medians[0];
+    let direct_both = medians[1];
     let pgpool = variants
         .iter()
         .position(|v| matches!(**v, Variant::Pgpool(_)))
         .map(|i| medians[i]);
     println!();
     println!("{tasks} tasks, {reads} point reads per checkout, {seconds} s x {rounds} rounds per variant; medians");
-    println!("| variant | reads/s (median) | min - max | vs (i) direct | vs (ii) pgpool-II |");
-    println!("|---|---:|---:|---:|---:|");
-    for ((variant, runs), m) in variants.iter().zip(&results).zip(&medians) {
+    println!("| variant | reads/s (median) | min - max | vs (i) direct, 1 replica | vs (i-b) direct, 2 replicas | vs (ii) pgpool-II | client CPU per read (median) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (((variant, runs), m), cpu) in variants.iter().zip(&results).zip(&medians).zip(&cpu) {
         let min = runs.iter().copied().fold(f64::INFINITY, f64::min);
         let max = runs.iter().copied().fold(0.0, f64::max);
         let vs_pgpool = pgpool.map_or_else(|| "-".to_owned(), |p| format!("{:.2}x", m / p));
         println!(
-            "| {} | {m:.0} | {min:.0} - {max:.0} | {:.2}x | {vs_pgpool} |",
+            "| {} | {m:.0} | {min:.0} - {max:.0} | {:.2}x | {:.2}x | {vs_pgpool} | {:.1} us |",
             variant.name(),
-            m / direct
+            m / direct,
+            m / direct_both,
+            median(cpu)
         );
     }
     if pgpool.is_none() {
-        println!("| (ii) pgpool-II | skipped: PGPOOL_URL not set | | | |");
+        println!("| (ii) pgpool-II | skipped: PGPOOL_URL not set | | | | | |");
     }
     let stats = switchable.stats();
     println!(

@@ -147,11 +147,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .split_once(':')
             .ok_or("RWSPLIT_OVERHEAD_ONLY=variant:count")?;
         let n: usize = n.parse()?;
+        // `unit-*`: whole units of work, a checkout and three point reads each, so
+        // that the pools' own per-checkout costs count too.
+        drop((switchable, pooled_plain));
         match variant {
             "plain" => typed(&mut plain, n).await,
-            "switchable" => typed(&mut switchable, n).await,
             "no-retry" => typed(&mut no_retry, n).await,
-            "pooled" => typed(&mut pooled_plain, n).await,
+            "switchable" => typed(&mut pool.get().await?, n).await,
+            "pooled" => typed(&mut bb8_pool.get().await?, n).await,
+            "unit-bb8" => {
+                for _ in 0..n {
+                    typed(&mut bb8_pool.get().await?, 3).await;
+                }
+                0.0
+            }
+            "unit-switchable" => {
+                for _ in 0..n {
+                    typed(&mut pool.get().await?, 3).await;
+                }
+                0.0
+            }
             other => return Err(format!("unknown variant {other}").into()),
         };
         return Ok(());

@@ -133,6 +133,22 @@
 //!   once on another node (counted); a write is never retried.
 //! - Errors name the node and the step (never a password) and chain their causes.
 //!
+//! ## Sizing the pools
+//!
+//! A replica-first connection holds a primary connection only from its first flip to
+//! the end of its unit of work, so size the primary pool for the writing units that
+//! run at once, not for the handlers: [`SwitchablePoolBuilder::primary_max_size`]
+//! about `handlers x share of writing units`, with headroom for bursts (8 for 64
+//! handlers of which 10% write). Like any bb8 pool, a pool opens a connection
+//! whenever all of its connections are busy and keeps it, so an oversized primary
+//! pool ends up as large as the largest burst of writers ever seen; a pool sized for
+//! the writes makes a rare burst wait a few milliseconds instead. Replicas take the
+//! reads: [`SwitchablePoolBuilder::replica_max_size`] about `handlers / replicas`.
+//! The lag monitor keeps one more connection per node. `BENCHMARKS.md` measures
+//! both sizings: 64 handlers used 9 primary connections with the pool sized for the
+//! writes and 23 with it sized for the handlers, against 64 with everything on the
+//! primary.
+//!
 //! ## A real replicated cluster for tests
 //!
 //! With feature `testing`, [`testing::LocalCluster`] starts a primary and N hot-standby
@@ -172,7 +188,9 @@ pub mod testing;
 /// part of the supported API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::connection::{LoadFut, NodeConnection, NodePool, NodePoolSettings, RowStream};
+    pub use crate::connection::{
+        LoadFut, NodeConnection, NodePool, NodePoolSettings, RowStream, SqlText,
+    };
 }
 
 pub use connection::{

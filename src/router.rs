@@ -3,12 +3,13 @@
 
 use std::any::TypeId;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
 use crate::classify::{Classifier, Verdict};
-use crate::connection::{InterlockMode, SwitchTarget};
+use crate::connection::{InterlockMode, SqlText, SwitchTarget};
 use crate::stats::Stats;
 
 /// How many distinct static query types the verdict cache keeps. Static query ids
@@ -16,15 +17,46 @@ use crate::stats::Stats;
 /// pathological generic code.
 const VERDICT_CACHE_LIMIT: usize = 4096;
 
+/// What is known about one static query type.
+#[derive(Clone)]
+struct Known {
+    verdict: Verdict,
+    /// Its SQL, when its instances all render the same text (safe to cache prepared).
+    sql: Option<Arc<str>>,
+}
+
+type TypeMap = HashMap<TypeId, Known, BuildHasherDefault<TypeIdHasher>>;
+
+/// A `TypeId` is already a hash: use its bits instead of hashing them again.
+#[derive(Default)]
+struct TypeIdHasher(u64);
+
+impl Hasher for TypeIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, bits: u64) {
+        self.0 ^= bits;
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for `TypeId` today (it hashes as one u64); stay correct if it changes.
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 pub(crate) struct Router<C: SwitchTarget> {
     pub(crate) classifier: Classifier,
     pub(crate) mode: InterlockMode,
     /// Replica reads are rendered so that a connection-level failure can be retried.
     pub(crate) read_retry: bool,
-    /// Verdicts by diesel's static `QueryId::query_id()`. Copy-on-write behind an
-    /// `ArcSwap`: a lookup is a lock-free load, and inserts (once per query type
-    /// per program) clone the map.
-    verdicts: ArcSwap<HashMap<TypeId, Verdict>>,
+    /// Verdicts (and the SQL text, for re-runnable renderings) by diesel's static
+    /// `QueryId::query_id()`. Copy-on-write behind an `ArcSwap`: a lookup is a
+    /// lock-free load, and inserts (once per query type per program) clone the map.
+    verdicts: ArcSwap<TypeMap>,
     pub(crate) render_ctx: C::RenderCtx,
     pub(crate) stats: Stats,
 }
@@ -44,23 +76,33 @@ impl<C: SwitchTarget> Router<C> {
             classifier,
             mode,
             read_retry,
-            verdicts: ArcSwap::from_pointee(HashMap::new()),
+            verdicts: ArcSwap::from_pointee(TypeMap::default()),
             render_ctx: Default::default(),
             stats: Stats::default(),
         })
     }
 
-    pub(crate) fn cached_verdict(&self, id: TypeId) -> Option<Verdict> {
-        self.verdicts.load().get(&id).copied()
+    /// The cached verdict of a static query type, and its shared SQL if it has one.
+    pub(crate) fn cached_verdict(&self, id: TypeId) -> Option<(Verdict, Option<SqlText>)> {
+        self.verdicts
+            .load()
+            .get(&id)
+            .map(|known| (known.verdict, known.sql.clone().map(SqlText::Shared)))
     }
 
-    pub(crate) fn cache_verdict(&self, id: TypeId, verdict: Verdict) {
+    /// Remember a static query type's verdict, and its SQL when every instance of
+    /// the type renders the same text.
+    pub(crate) fn cache_verdict(&self, id: TypeId, verdict: Verdict, sql: Option<&str>) {
+        let known = Known {
+            verdict,
+            sql: sql.map(Arc::from),
+        };
         self.verdicts.rcu(|current| {
             if current.len() >= VERDICT_CACHE_LIMIT || current.contains_key(&id) {
                 return Arc::clone(current);
             }
-            let mut next = HashMap::clone(current);
-            next.insert(id, verdict);
+            let mut next = TypeMap::clone(current);
+            next.insert(id, known.clone());
             Arc::new(next)
         });
     }

@@ -28,6 +28,27 @@ use crate::classify::Dialect;
 /// `PgRow`, which is only nameable through this projection).
 pub type PgRow = <AsyncPgConnection as AsyncConnectionCore>::Row<'static, 'static>;
 
+/// A statement's SQL text (placeholders, never bind values): rendered for it, or
+/// shared from the router's cache of SQL by static query id.
+#[derive(Debug, Clone)]
+pub enum SqlText {
+    /// Rendered for this statement.
+    Owned(String),
+    /// The text every instance of one static query type renders to.
+    Shared(std::sync::Arc<str>),
+}
+
+impl std::ops::Deref for SqlText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            SqlText::Owned(sql) => sql,
+            SqlText::Shared(sql) => sql,
+        }
+    }
+}
+
 /// Boxed row stream shared by every backend.
 pub type RowStream<'c, R> = BoxStream<'c, QueryResult<R>>;
 /// Boxed load future shared by every backend.
@@ -119,7 +140,7 @@ pub trait SwitchTarget: sealed::Sealed + AsyncConnection + Sync + 'static {
     type OwnedRow: for<'a> diesel::row::Row<'a, Self::Backend> + Send + 'static;
     #[doc(hidden)]
     /// Owned "SQL + binds" (+ whatever must still be resolved once a connection is in hand).
-    type Rendered: Send + Clone + 'static;
+    type Rendered: Send + 'static;
     #[doc(hidden)]
     /// State shared by all connections of one router that rendering may consult
     /// (PostgreSQL: the custom-type OID cache).
@@ -132,27 +153,31 @@ pub trait SwitchTarget: sealed::Sealed + AsyncConnection + Sync + 'static {
         Q: QueryFragment<Self::Backend> + ?Sized;
 
     #[doc(hidden)]
-    /// SQL + binds as owned data. Runs synchronously while the query is still in hand.
-    fn render<Q>(query: &Q, sql: String, ctx: &Self::RenderCtx) -> QueryResult<Self::Rendered>
+    /// Whether this instance's SQL is the same for every instance of its static query
+    /// type (diesel's "safe to cache prepared"), so that it may be shared by type.
+    fn is_safe_to_cache<Q>(query: &Q) -> QueryResult<bool>
+    where
+        Q: QueryFragment<Self::Backend> + ?Sized;
+
+    #[doc(hidden)]
+    /// SQL + binds as owned data, rendering the SQL unless `sql` already has it.
+    /// Runs synchronously while the query is still in hand.
+    fn render<Q>(
+        query: &Q,
+        sql: Option<SqlText>,
+        ctx: &Self::RenderCtx,
+    ) -> QueryResult<Self::Rendered>
     where
         Q: QueryFragment<Self::Backend> + QueryId + ?Sized;
 
     #[doc(hidden)]
-    /// Run owned SQL + binds, yielding rows.
+    /// Run owned SQL + binds, yielding rows through a stream that does not borrow
+    /// the connection. By reference: a read that failed on one node runs again on
+    /// another from the same rendering.
     fn load_rendered<'c>(
         conn: &'c mut Self,
-        rendered: Self::Rendered,
-        ctx: Self::RenderCtx,
-    ) -> LoadFut<'c, Self::OwnedRow>;
-
-    #[doc(hidden)]
-    /// Run owned SQL + binds, yielding rows through a stream that does not borrow
-    /// the connection (so that a failed first attempt can be retried elsewhere).
-    #[doc(hidden)]
-    fn load_rendered_detached<'c>(
-        conn: &'c mut Self,
-        rendered: Self::Rendered,
-        ctx: Self::RenderCtx,
+        rendered: &'c mut Self::Rendered,
+        ctx: &'c Self::RenderCtx,
     ) -> BoxFuture<'c, QueryResult<RowStream<'static, Self::OwnedRow>>>;
 
     /// Whether a failed read may be retried on another node: the connection or the
@@ -163,8 +188,8 @@ pub trait SwitchTarget: sealed::Sealed + AsyncConnection + Sync + 'static {
     /// Run owned SQL + binds, yielding the affected row count.
     fn execute_rendered<'c>(
         conn: &'c mut Self,
-        rendered: Self::Rendered,
-        ctx: Self::RenderCtx,
+        rendered: &'c mut Self::Rendered,
+        ctx: &'c Self::RenderCtx,
     ) -> BoxFuture<'c, QueryResult<usize>>;
 
     #[doc(hidden)]
@@ -315,7 +340,14 @@ impl SwitchTarget for AsyncPgConnection {
         owned_pg::render_sql(query)
     }
 
-    fn render<Q>(query: &Q, sql: String, ctx: &OidCache) -> QueryResult<RenderedPg>
+    fn is_safe_to_cache<Q>(query: &Q) -> QueryResult<bool>
+    where
+        Q: QueryFragment<diesel::pg::Pg> + ?Sized,
+    {
+        query.is_safe_to_cache_prepared(&diesel::pg::Pg)
+    }
+
+    fn render<Q>(query: &Q, sql: Option<SqlText>, ctx: &OidCache) -> QueryResult<RenderedPg>
     where
         Q: QueryFragment<diesel::pg::Pg> + QueryId + ?Sized,
     {
@@ -324,42 +356,18 @@ impl SwitchTarget for AsyncPgConnection {
 
     fn load_rendered<'c>(
         conn: &'c mut Self,
-        rendered: RenderedPg,
-        ctx: OidCache,
-    ) -> LoadFut<'c, PgRow> {
-        async move {
-            let q = rendered.resolve(conn, &ctx).await?;
-            // `q` is a `CollectedQuery<RawBytesBindCollector<Pg>>`: `Send + 'static`.
-            let stream = AsyncConnectionCore::load(conn, q).await?;
-            Ok(stream.boxed())
-        }
-        .boxed()
+        rendered: &'c mut RenderedPg,
+        ctx: &'c OidCache,
+    ) -> BoxFuture<'c, QueryResult<RowStream<'static, PgRow>>> {
+        owned_pg::load(conn, rendered, ctx)
     }
 
     fn execute_rendered<'c>(
         conn: &'c mut Self,
-        rendered: RenderedPg,
-        ctx: OidCache,
+        rendered: &'c mut RenderedPg,
+        ctx: &'c OidCache,
     ) -> BoxFuture<'c, QueryResult<usize>> {
-        async move {
-            let q = rendered.resolve(conn, &ctx).await?;
-            AsyncConnectionCore::execute_returning_count(conn, q).await
-        }
-        .boxed()
-    }
-
-    fn load_rendered_detached<'c>(
-        conn: &'c mut Self,
-        rendered: RenderedPg,
-        ctx: OidCache,
-    ) -> BoxFuture<'c, QueryResult<RowStream<'static, PgRow>>> {
-        async move {
-            let q = rendered.resolve(conn, &ctx).await?;
-            // AsyncPgConnection's row stream owns its rows: it does not borrow `conn`.
-            let stream = AsyncConnectionCore::load(conn, q).await?;
-            Ok(stream)
-        }
-        .boxed()
+        owned_pg::execute(conn, rendered, ctx)
     }
 
     fn is_retryable_read_error(error: &diesel::result::Error) -> bool {

@@ -35,7 +35,7 @@ use crate::router::Router;
 use crate::{Error, SwitchReason, Target};
 
 pub use backend::{
-    LoadFut, NodeConnection, NodePool, NodePoolSettings, PgRow, RowStream, SwitchTarget,
+    LoadFut, NodeConnection, NodePool, NodePoolSettings, PgRow, RowStream, SqlText, SwitchTarget,
 };
 pub use transaction::SwitchTransactionManager;
 
@@ -73,7 +73,7 @@ pub(crate) trait NodeSource<C>: Send + Sync + 'static {
 pub(crate) struct ReplicaLease<C> {
     pub(crate) handle: Handle<C>,
     pub(crate) index: usize,
-    pub(crate) name: String,
+    pub(crate) name: Arc<str>,
 }
 
 /// A user instrumentation shared by the replica and the later primary connection.
@@ -122,7 +122,7 @@ pub struct SwitchableConnection<C: SwitchTarget> {
     /// `None` for a single-node connection: nothing to switch to.
     source: Option<Arc<dyn NodeSource<C>>>,
     router: Arc<Router<C>>,
-    replica_name: Option<String>,
+    replica_name: Option<Arc<str>>,
     replica_index: Option<usize>,
     switch_reason: Option<SwitchReason>,
     /// Observe mode: where `Switch` mode would be by now, and why.
@@ -151,9 +151,9 @@ impl<C: SwitchTarget> fmt::Debug for SwitchableConnection<C> {
 enum Plan {
     /// On the active connection, without waiting for anything first. Carries the
     /// SQL if judging it had to render it, so that it is not rendered twice.
-    Direct(Target, Option<String>),
+    Direct(Target, Option<SqlText>),
     /// Check out the primary first; the statement must be rendered to owned data.
-    AcquireFirst(Option<Flip>, Option<String>),
+    AcquireFirst(Option<Flip>, Option<SqlText>),
 }
 
 /// A flip about to happen, with what it is counted under.
@@ -198,7 +198,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         replica: Option<Handle<C>>,
         primary: Option<Handle<C>>,
         source: Option<Arc<dyn NodeSource<C>>>,
-        replica_name: Option<String>,
+        replica_name: Option<Arc<str>>,
         router: Arc<Router<C>>,
     ) -> Self {
         SwitchableConnection {
@@ -287,7 +287,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         let judge = |_: &Self| {
             Ok((
                 Verdict::Primary(SwitchReason::TransactionBegin),
-                Some("BEGIN".to_owned()),
+                Some(SqlText::Owned("BEGIN".to_owned())),
             ))
         };
         match self.decide(judge, true)? {
@@ -308,7 +308,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
     /// not a statement.
     fn decide(
         &mut self,
-        judge: impl FnOnce(&Self) -> QueryResult<(Verdict, Option<String>)>,
+        judge: impl FnOnce(&Self) -> QueryResult<(Verdict, Option<SqlText>)>,
         hook: bool,
     ) -> QueryResult<Plan> {
         let stats = &self.router.stats;
@@ -479,36 +479,34 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
     }
 
     /// The statement as owned SQL + binds, reusing the SQL text if judging it
-    /// already rendered it.
-    fn render_owned<Q>(&self, query: &Q, sql: Option<String>) -> QueryResult<C::Rendered>
+    /// already produced it.
+    fn render_owned<Q>(&self, query: &Q, sql: Option<SqlText>) -> QueryResult<C::Rendered>
     where
         Q: QueryFragment<C::Backend> + QueryId,
     {
-        let sql = match sql {
-            Some(sql) => sql,
-            None => C::render_sql(query)?,
-        };
         C::render(query, sql, &self.router.render_ctx)
     }
 
     /// The verdict for a diesel query: cached by static query id, else classified
-    /// from its rendered SQL (which is returned for the fingerprint).
-    fn judge_query<Q>(&self, query: &Q) -> QueryResult<(Verdict, Option<String>)>
+    /// from its rendered SQL. Returns the SQL when it is at hand (for a fingerprint,
+    /// or for rendering it to owned data without building the text again).
+    fn judge_query<Q>(&self, query: &Q) -> QueryResult<(Verdict, Option<SqlText>)>
     where
         Q: QueryFragment<C::Backend> + QueryId,
     {
         let id = Q::query_id();
-        if let Some(verdict) = id.and_then(|id| self.router.cached_verdict(id)) {
-            return Ok((verdict, None));
+        if let Some(known) = id.and_then(|id| self.router.cached_verdict(id)) {
+            return Ok(known);
         }
         let sql = C::render_sql(query)?;
         let verdict = self.router.classifier.classify(&sql);
         // Only replica verdicts are cached: a primary verdict needs the statement for
         // its fingerprint (flip, refusal or would-be flip), and a flip renders it anyway.
         if let (Some(id), Verdict::Replica) = (id, verdict) {
-            self.router.cache_verdict(id, verdict);
+            let shared = C::is_safe_to_cache(query)?.then_some(sql.as_str());
+            self.router.cache_verdict(id, verdict, shared);
         }
-        Ok((verdict, Some(sql)))
+        Ok((verdict, Some(SqlText::Owned(sql))))
     }
 
     pub(crate) fn active_mut(&mut self) -> &mut C {
@@ -621,7 +619,8 @@ impl<C: SwitchTarget> SimpleAsyncConnection for SwitchableConnection<C> {
         ) {
             self.raw_transaction_control = true;
         }
-        let target = match self.decide(|_| Ok((verdict, Some(query.to_owned()))), false)? {
+        let judged = |_: &Self| Ok((verdict, Some(SqlText::Owned(query.to_owned()))));
+        let target = match self.decide(judged, false)? {
             Plan::Direct(target, _) => target,
             Plan::AcquireFirst(flip, _) => {
                 self.acquire_primary(flip).await?;
@@ -656,15 +655,11 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
                 // Rendered to owned SQL + binds so that it can run a second time.
                 let rendered = self.render_owned(&query, sql);
                 drop(query);
-                let ctx = self.router.render_ctx.clone();
-                async move {
-                    let rendered = rendered?;
-                    let error = match C::load_rendered_detached(
-                        self.active_mut(),
-                        rendered.clone(),
-                        ctx.clone(),
-                    )
-                    .await
+                let router = Arc::clone(&self.router);
+                let read = async move {
+                    let mut rendered = rendered?;
+                    let ctx = &router.render_ctx;
+                    let error = match C::load_rendered(self.active_mut(), &mut rendered, ctx).await
                     {
                         Err(e) if C::is_retryable_read_error(&e) => e,
                         Err(e) => return Err(e),
@@ -684,12 +679,10 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
                         }
                     };
                     self.move_after_failed_read(&error).await?;
-                    let stream =
-                        C::load_rendered_detached(self.active_mut(), rendered, ctx).await?;
+                    let stream = C::load_rendered(self.active_mut(), &mut rendered, ctx).await?;
                     Ok(stream as RowStream<'conn, C::OwnedRow>)
-                }
-                .instrument(statement_span(Target::Replica))
-                .boxed()
+                };
+                with_span(read.boxed(), Target::Replica)
             }
             Ok(Plan::Direct(target, _)) => {
                 with_span(C::load_direct(self.active_mut(), query), target)
@@ -698,11 +691,13 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
                 // The query is not Send: render it now, before the await.
                 let rendered = self.render_owned(&query, sql);
                 drop(query);
-                let ctx = self.router.render_ctx.clone();
+                let router = Arc::clone(&self.router);
                 async move {
-                    let rendered = rendered?;
+                    let mut rendered = rendered?;
                     self.acquire_primary(flip).await?;
-                    C::load_rendered(self.active_mut(), rendered, ctx).await
+                    let ctx = &router.render_ctx;
+                    let stream = C::load_rendered(self.active_mut(), &mut rendered, ctx).await?;
+                    Ok(stream as RowStream<'conn, C::OwnedRow>)
                 }
                 .instrument(statement_span(Target::Primary))
                 .boxed()
@@ -722,22 +717,20 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
             Ok(Plan::Direct(Target::Replica, sql)) if self.retries_reads() => {
                 let rendered = self.render_owned(&source, sql);
                 drop(source);
-                let ctx = self.router.render_ctx.clone();
-                async move {
-                    let rendered = rendered?;
+                let router = Arc::clone(&self.router);
+                let read = async move {
+                    let mut rendered = rendered?;
+                    let ctx = &router.render_ctx;
                     let error =
-                        match C::execute_rendered(self.active_mut(), rendered.clone(), ctx.clone())
-                            .await
-                        {
+                        match C::execute_rendered(self.active_mut(), &mut rendered, ctx).await {
                             Ok(count) => return Ok(count),
                             Err(e) if C::is_retryable_read_error(&e) => e,
                             Err(e) => return Err(e),
                         };
                     self.move_after_failed_read(&error).await?;
-                    C::execute_rendered(self.active_mut(), rendered, ctx).await
-                }
-                .instrument(statement_span(Target::Replica))
-                .boxed()
+                    C::execute_rendered(self.active_mut(), &mut rendered, ctx).await
+                };
+                with_span(read.boxed(), Target::Replica)
             }
             Ok(Plan::Direct(target, _)) => {
                 with_span(C::execute_direct(self.active_mut(), source), target)
@@ -745,11 +738,11 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
             Ok(Plan::AcquireFirst(flip, sql)) => {
                 let rendered = self.render_owned(&source, sql);
                 drop(source);
-                let ctx = self.router.render_ctx.clone();
+                let router = Arc::clone(&self.router);
                 async move {
-                    let rendered = rendered?;
+                    let mut rendered = rendered?;
                     self.acquire_primary(flip).await?;
-                    C::execute_rendered(self.active_mut(), rendered, ctx).await
+                    C::execute_rendered(self.active_mut(), &mut rendered, &router.render_ctx).await
                 }
                 .instrument(statement_span(Target::Primary))
                 .boxed()

@@ -2,31 +2,39 @@
 //!
 //! Why: `AsyncConnectionCore::load/execute_returning_count` take a query `T` that is *not*
 //! `Send` (and borrows `'query`). When the primary must be fetched first (an `.await` on a
-//! pool), the returned `Send` future cannot hold `T`. So we render `T` synchronously into
-//! owned data and later run that on the primary as a
-//! `diesel::query_builder::CollectedQuery<RawBytesBindCollector<Pg>>`, whose `walk_ast`
-//! pushes the SQL verbatim and re-appends the collected binds
-//! (`AstPass::push_bind_collector_data`). Same trick as diesel-async's
-//! `SyncConnectionWrapper::execute_with_prepared_query`.
+//! pool), or a replica read must be kept so that it can run a second time elsewhere, the
+//! returned `Send` future cannot hold `T`. So we render `T` synchronously into owned data
+//! and run that (by reference, as often as needed) through [`RenderedRef`], whose
+//! `walk_ast` pushes the SQL verbatim and re-appends the collected binds
+//! (`AstPass::push_bind_collector_data`), like diesel's `CollectedQuery`. Unlike
+//! `CollectedQuery`, it keeps the original query's static query id, so the inner
+//! connection finds its prepared statement by type, as it does for the original query,
+//! instead of building and hashing a SQL-text key.
 //!
 //! PostgreSQL wrinkle: binds of user-defined types (`#[diesel(postgres_type(name = ..))]`)
 //! need their OIDs from the server (`PgMetadataLookup::lookup_type`), which is async, and
 //! for arrays/records the OID is also *inside the serialized bytes*. We copy diesel-async's
 //! approach (pg/mod.rs `construct_bind_data`): collect binds with fake OIDs, collect a
 //! second time with different fake OIDs, diff the bytes to find where OIDs are embedded,
-//! then after the primary is in hand look the types up and patch metadata + bytes.
+//! then once a connection is in hand look the types up and patch metadata + bytes.
 //! Resolved OIDs go to a router-wide cache (identical on primary and physical replicas),
 //! so only the first such statement per type pays a lookup.
 
+use std::any::Any;
 use std::collections::{HashMap, HashSet};
+use std::marker::PhantomData;
 use std::sync::{Arc, RwLock};
 
 use diesel::pg::{Pg, PgMetadataLookup, PgQueryBuilder, PgTypeMetadata};
 use diesel::query_builder::bind_collector::RawBytesBindCollector;
-use diesel::query_builder::{CollectedQuery, QueryBuilder, QueryFragment, QueryId};
+use diesel::query_builder::{AstPass, Query, QueryBuilder, QueryFragment, QueryId};
 use diesel::result::Error;
+use diesel::sql_types::Untyped;
 use diesel::QueryResult;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnectionCore, AsyncPgConnection, RunQueryDsl};
+use futures_util::future::BoxFuture;
+
+use super::backend::{PgRow, RowStream, SqlText};
 
 type TypeKey = (Option<String>, String);
 const FAKE_OID: u32 = 0;
@@ -36,17 +44,26 @@ const FAKE_OID: u32 = 0;
 #[derive(Clone, Default, Debug)]
 pub struct OidCache(Arc<RwLock<HashMap<TypeKey, (u32, u32)>>>);
 
-/// SQL + binds, owned and `Send + 'static`.
+/// SQL + binds, owned and `Send + 'static`; run by reference, as often as needed.
 #[allow(missing_debug_implementations)] // binds must never be printed
 pub struct RenderedPg {
-    sql: String,
+    sql: SqlText,
     safe_to_cache: bool,
     binds: RawBytesBindCollector<Pg>,
     /// `Some` only if the query bound a user-defined type not yet in the cache.
     unresolved: Option<Unresolved>,
+    /// Run on a connection under the original query's static query id (or none).
+    load: LoadFn,
+    execute: ExecuteFn,
 }
 
-#[derive(Clone)]
+type LoadFn = for<'c, 'r> fn(
+    &'c mut AsyncPgConnection,
+    &'r RenderedPg,
+) -> BoxFuture<'c, QueryResult<RowStream<'static, PgRow>>>;
+type ExecuteFn =
+    for<'c, 'r> fn(&'c mut AsyncPgConnection, &'r RenderedPg) -> BoxFuture<'c, QueryResult<usize>>;
+
 struct Unresolved {
     /// (schema, name) -> the fake (oid, array_oid) written into `binds`.
     fakes: HashMap<TypeKey, (u32, u32)>,
@@ -54,18 +71,69 @@ struct Unresolved {
     embedded: Vec<(usize, usize)>,
 }
 
-impl Clone for RenderedPg {
-    fn clone(&self) -> Self {
-        let mut binds = RawBytesBindCollector::<Pg>::new();
-        binds.metadata.clone_from(&self.binds.metadata);
-        binds.binds.clone_from(&self.binds.binds);
-        RenderedPg {
-            sql: self.sql.clone(),
-            safe_to_cache: self.safe_to_cache,
-            binds,
-            unresolved: self.unresolved.clone(),
+/// Statement-cache identity of a [`RenderedRef`]: the original query's static id.
+struct Keyed<I>(PhantomData<fn() -> I>);
+/// Statement-cache identity of a [`RenderedRef`] whose query had no static id.
+struct Unkeyed;
+
+/// A rendered statement as diesel sees it: its SQL and its collected binds.
+struct RenderedRef<'a, K> {
+    rendered: &'a RenderedPg,
+    _key: PhantomData<K>,
+}
+
+impl<K> QueryFragment<Pg> for RenderedRef<'_, K> {
+    fn walk_ast<'b>(&'b self, mut pass: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        if !self.rendered.safe_to_cache {
+            pass.unsafe_to_cache_prepared();
+        }
+        pass.push_sql(&self.rendered.sql);
+        pass.push_bind_collector_data::<RawBytesBindCollector<Pg>>(&self.rendered.binds)
+    }
+}
+
+// The SQL is the original query's, so it may share the original's prepared statement.
+impl<I: Any> QueryId for RenderedRef<'_, Keyed<I>> {
+    type QueryId = I;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryId for RenderedRef<'_, Unkeyed> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<K> Query for RenderedRef<'_, K> {
+    type SqlType = Untyped;
+}
+
+impl RenderedPg {
+    fn view<K>(&self) -> RenderedRef<'_, K> {
+        RenderedRef {
+            rendered: self,
+            _key: PhantomData,
         }
     }
+}
+
+fn load_as<'c, K>(
+    conn: &'c mut AsyncPgConnection,
+    rendered: &RenderedPg,
+) -> BoxFuture<'c, QueryResult<RowStream<'static, PgRow>>>
+where
+    for<'a> RenderedRef<'a, K>: QueryId,
+{
+    AsyncConnectionCore::load(conn, rendered.view::<K>())
+}
+
+fn execute_as<'c, K>(
+    conn: &'c mut AsyncPgConnection,
+    rendered: &RenderedPg,
+) -> BoxFuture<'c, QueryResult<usize>>
+where
+    for<'a> RenderedRef<'a, K>: QueryId,
+{
+    AsyncConnectionCore::execute_returning_count(conn, rendered.view::<K>())
 }
 
 pub(crate) fn render_sql<Q: QueryFragment<Pg> + ?Sized>(query: &Q) -> QueryResult<String> {
@@ -116,11 +184,32 @@ impl PgMetadataLookup for Lookup {
     }
 }
 
-pub(crate) fn render<Q>(query: &Q, sql: String, cache: &OidCache) -> QueryResult<RenderedPg>
+/// Render `query` to owned SQL + binds. `sql` is its SQL text if judging it already
+/// produced it (rendered, or shared from the per-type cache).
+pub(crate) fn render<Q>(
+    query: &Q,
+    sql: Option<SqlText>,
+    cache: &OidCache,
+) -> QueryResult<RenderedPg>
 where
     Q: QueryFragment<Pg> + QueryId + ?Sized,
 {
     let safe_to_cache = query.is_safe_to_cache_prepared(&Pg)?;
+    let sql = match sql {
+        // A type's shared SQL holds only for its instances that are safe to cache
+        // (the same rule as diesel's statement cache); the others render their own.
+        Some(SqlText::Shared(_)) if !safe_to_cache => SqlText::Owned(render_sql(query)?),
+        Some(sql) => sql,
+        None => SqlText::Owned(render_sql(query)?),
+    };
+    let (load, execute): (LoadFn, ExecuteFn) = if Q::HAS_STATIC_QUERY_ID {
+        (
+            load_as::<Keyed<Q::QueryId>>,
+            execute_as::<Keyed<Q::QueryId>>,
+        )
+    } else {
+        (load_as::<Unkeyed>, execute_as::<Unkeyed>)
+    };
 
     // Pass 0: real OIDs for cached types, FAKE_OID for the rest.
     let mut binds0 = RawBytesBindCollector::<Pg>::new();
@@ -136,6 +225,8 @@ where
             safe_to_cache,
             binds: binds0,
             unresolved: None,
+            load,
+            execute,
         });
     }
 
@@ -192,6 +283,8 @@ where
         safe_to_cache,
         binds: binds1,
         unresolved: Some(Unresolved { fakes, embedded }),
+        load,
+        execute,
     })
 }
 
@@ -228,60 +321,89 @@ async fn lookup_type(conn: &mut AsyncPgConnection, key: &TypeKey) -> QueryResult
 }
 
 impl RenderedPg {
-    /// Resolve pending custom-type OIDs on `conn` (the primary) and produce the query to run.
-    pub(crate) async fn resolve(
-        self,
-        conn: &mut AsyncPgConnection,
-        cache: &OidCache,
-    ) -> QueryResult<CollectedQuery<RawBytesBindCollector<Pg>>> {
-        let RenderedPg {
-            sql,
-            safe_to_cache,
-            mut binds,
-            unresolved,
-        } = self;
-        if let Some(Unresolved { fakes, embedded }) = unresolved {
-            let mut real = HashMap::new();
-            for (key, (fake_oid, fake_array)) in fakes {
-                let (oid, array_oid) = lookup_type(conn, &key).await?;
-                cache
-                    .0
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, (oid, array_oid));
-                real.insert(fake_oid, oid);
-                real.insert(fake_array, array_oid);
-            }
-            for m in &mut binds.metadata {
-                let (o, a) = (
-                    m.oid().unwrap_or_default(),
-                    m.array_oid().unwrap_or_default(),
-                );
-                *m = PgTypeMetadata::new(
-                    real.get(&o).copied().unwrap_or(o),
-                    real.get(&a).copied().unwrap_or(a),
-                );
-            }
-            for (i, off) in embedded {
-                let chunk = binds
-                    .binds
-                    .get_mut(i)
-                    .and_then(|b| b.as_mut())
-                    .and_then(|b| b.get_mut(off..off + 4));
-                let Some(chunk) = chunk else {
-                    return Err(Error::SerializationError(
-                        "rwsplit: bad embedded OID location".into(),
-                    ));
-                };
-                let fake = u32::from_be_bytes((&*chunk).try_into().unwrap_or([0; 4]));
-                let Some(oid) = real.get(&fake) else {
-                    return Err(Error::SerializationError(
-                        "rwsplit: unknown embedded OID".into(),
-                    ));
-                };
-                chunk.copy_from_slice(&oid.to_be_bytes());
-            }
+    /// Resolve pending custom-type OIDs on `conn` and patch the binds in place. On a
+    /// failed lookup nothing is patched, so a retry elsewhere resolves again.
+    async fn resolve(&mut self, conn: &mut AsyncPgConnection, cache: &OidCache) -> QueryResult<()> {
+        let Some(unresolved) = self.unresolved.take() else {
+            return Ok(());
+        };
+        let mut real = HashMap::new();
+        for (key, (fake_oid, fake_array)) in &unresolved.fakes {
+            let (oid, array_oid) = match lookup_type(conn, key).await {
+                Ok(oids) => oids,
+                Err(e) => {
+                    self.unresolved = Some(unresolved);
+                    return Err(e);
+                }
+            };
+            cache
+                .0
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.clone(), (oid, array_oid));
+            real.insert(*fake_oid, oid);
+            real.insert(*fake_array, array_oid);
         }
-        Ok(CollectedQuery::new(sql, safe_to_cache, binds))
+        for m in &mut self.binds.metadata {
+            let (o, a) = (
+                m.oid().unwrap_or_default(),
+                m.array_oid().unwrap_or_default(),
+            );
+            *m = PgTypeMetadata::new(
+                real.get(&o).copied().unwrap_or(o),
+                real.get(&a).copied().unwrap_or(a),
+            );
+        }
+        for (i, off) in unresolved.embedded {
+            let chunk = self
+                .binds
+                .binds
+                .get_mut(i)
+                .and_then(|b| b.as_mut())
+                .and_then(|b| b.get_mut(off..off + 4));
+            let Some(chunk) = chunk else {
+                return Err(Error::SerializationError(
+                    "rwsplit: bad embedded OID location".into(),
+                ));
+            };
+            let fake = u32::from_be_bytes((&*chunk).try_into().unwrap_or([0; 4]));
+            let Some(oid) = real.get(&fake) else {
+                return Err(Error::SerializationError(
+                    "rwsplit: unknown embedded OID".into(),
+                ));
+            };
+            chunk.copy_from_slice(&oid.to_be_bytes());
+        }
+        Ok(())
     }
+}
+
+/// Run a rendered statement on `conn`, yielding rows that do not borrow it.
+pub(crate) fn load<'c>(
+    conn: &'c mut AsyncPgConnection,
+    rendered: &'c mut RenderedPg,
+    cache: &'c OidCache,
+) -> BoxFuture<'c, QueryResult<RowStream<'static, PgRow>>> {
+    if rendered.unresolved.is_none() {
+        return (rendered.load)(conn, rendered);
+    }
+    Box::pin(async move {
+        rendered.resolve(conn, cache).await?;
+        (rendered.load)(conn, rendered).await
+    })
+}
+
+/// Run a rendered statement on `conn`, yielding the affected row count.
+pub(crate) fn execute<'c>(
+    conn: &'c mut AsyncPgConnection,
+    rendered: &'c mut RenderedPg,
+    cache: &'c OidCache,
+) -> BoxFuture<'c, QueryResult<usize>> {
+    if rendered.unresolved.is_none() {
+        return (rendered.execute)(conn, rendered);
+    }
+    Box::pin(async move {
+        rendered.resolve(conn, cache).await?;
+        (rendered.execute)(conn, rendered).await
+    })
 }

@@ -91,7 +91,7 @@ impl<C: SwitchTarget> SwitchablePool<C> {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::debug!(target: "diesel_rwsplit::pool", replica = lease.name, error = %e, "replay position check failed")
+                        tracing::debug!(target: "diesel_rwsplit::pool", replica = &*lease.name, error = %e, "replay position check failed")
                     }
                 }
             }

@@ -55,7 +55,8 @@ struct Health {
 }
 
 struct NodePool<C: SwitchTarget> {
-    name: String,
+    /// Shared with every lease of the node: a checkout copies no string.
+    name: Arc<str>,
     pool: Arc<dyn NodeConnections<C>>,
     /// Shared with the node's checked-out connections, which keep its outstanding count.
     health: Arc<Health>,
@@ -76,11 +77,11 @@ impl<C: SwitchTarget> NodePool<C> {
     }
 
     fn checkout(&self) -> BoxFuture<'static, Result<Handle<C>, Error>> {
-        let name = self.name.clone();
+        let name = Arc::clone(&self.name);
         let checkout = self.pool.checkout();
         async move {
             checkout.await.map_err(|source| Error::Node {
-                node: name,
+                node: name.to_string(),
                 step: NodeStep::Checkout,
                 source,
             })
@@ -367,7 +368,7 @@ impl<C: SwitchTarget> PoolInner<C> {
                 Some(ReplicaLease {
                     handle,
                     index,
-                    name: node.name().to_owned(),
+                    name: Arc::clone(&node.name),
                 })
             }
             Err(e) => {
@@ -447,12 +448,15 @@ impl<C: SwitchTarget> NodeSource<C> for Source<C> {
 /// ```
 pub struct SwitchablePool<C: SwitchTarget = AsyncPgConnection> {
     inner: Arc<PoolInner<C>>,
+    /// The pool as its connections' node source, made once rather than per checkout.
+    source: Arc<dyn NodeSource<C>>,
 }
 
 impl<C: SwitchTarget> Clone for SwitchablePool<C> {
     fn clone(&self) -> Self {
         SwitchablePool {
             inner: Arc::clone(&self.inner),
+            source: Arc::clone(&self.source),
         }
     }
 }
@@ -536,7 +540,7 @@ impl<C: SwitchTarget> SwitchablePool<C> {
     }
 
     fn source(&self) -> Arc<dyn NodeSource<C>> {
-        Arc::new(Source(Arc::clone(&self.inner)))
+        Arc::clone(&self.source)
     }
 
     /// A snapshot of the pool's counters (flips by reason, statements per target,
@@ -743,12 +747,17 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
     }
 
     /// Maximum connections in the primary's pool. Default: 10.
+    ///
+    /// Replica-first connections hold one only from their first flip to the end of
+    /// their unit of work: size it for the writing units that run at once, not for
+    /// the handlers (see the crate docs, "Sizing the pools").
     pub fn primary_max_size(mut self, size: u32) -> Self {
         self.primary_settings.max_size = size;
         self
     }
 
-    /// Maximum connections in each replica's pool. Default: 20 (replicas take the reads).
+    /// Maximum connections in each replica's pool. Default: 20 (replicas take the
+    /// reads; about `handlers / replicas` suits a read-mostly service).
     pub fn replica_max_size(mut self, size: u32) -> Self {
         self.replica_settings.max_size = size;
         self
@@ -814,7 +823,12 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
 
     /// Retry once, on another replica or the primary, a replica read that failed at
     /// the connection level before any row came back (counted; writes are never
-    /// retried). Costs rendering each replica read to owned SQL and binds. Default: `true`.
+    /// retried). Default: `true`.
+    ///
+    /// To be re-runnable, each replica read is rendered to owned SQL and binds; the
+    /// SQL text of a query type with a static query id is built once and shared, so
+    /// this path costs the client fewer instructions than diesel-async's own (see
+    /// `BENCHMARKS.md`). With `false`, reads are handed to the inner connection as they are.
     pub fn read_retry(mut self, retry: bool) -> Self {
         self.read_retry = retry;
         self
@@ -970,7 +984,8 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             session_window: self.session_window,
             session_writes: causal::SessionWrites::default(),
         });
-        Ok(SwitchablePool { inner })
+        let source: Arc<dyn NodeSource<C>> = Arc::new(Source(Arc::clone(&inner)));
+        Ok(SwitchablePool { inner, source })
     }
 }
 
@@ -993,7 +1008,7 @@ fn node_pool<C: SwitchTarget>(
         retry_connect,
     });
     NodePool {
-        name,
+        name: Arc::from(name),
         pool,
         health: Arc::default(),
         weight,
