@@ -52,6 +52,9 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_rwsplit::testing::LocalCluster;
 use diesel_rwsplit::{SwitchReason, SwitchablePool, Target};
 
+#[path = "support/cpu_cap.rs"]
+mod cpu_cap;
+
 diesel::table! {
     bench_items (id) {
         id -> BigInt,
@@ -538,23 +541,7 @@ async fn main() -> Result<(), Error> {
         "local cluster (1 primary + 2 replicas, max_connections 400) up in {:.1?}",
         started.elapsed()
     );
-    let _caps = match std::env::var("RWSPLIT_NODE_CPUS").ok() {
-        Some(cpus) => {
-            let cpus: f64 = cpus.parse()?;
-            let mut pids = vec![cluster.primary_pid()];
-            for index in 0..cluster.replica_count() {
-                pids.push(cluster.replica_pid(index)?);
-            }
-            let mut caps = Vec::new();
-            for (node, pid) in pids.into_iter().enumerate() {
-                let pid = pid.ok_or("a node has no server process")?;
-                caps.push(cpu_cap::CpuCap::apply(&format!("node{node}"), pid, cpus)?);
-            }
-            println!("each server capped at {cpus} CPUs (cgroup), the benchmark not");
-            caps
-        }
-        None => Vec::new(),
-    };
+    let _caps = cpu_cap::from_env(&cluster)?;
     {
         let mut setup = AsyncPgConnection::establish(&primary).await?;
         diesel::sql_query("CREATE TABLE bench_items (id BIGINT PRIMARY KEY, name TEXT NOT NULL, counter BIGINT NOT NULL)")
@@ -655,89 +642,4 @@ async fn main() -> Result<(), Error> {
         println!("\n{errors} units of work failed (first error of each run printed on stderr)");
     }
     Ok(())
-}
-
-/// Per-node CPU caps through cgroups, to stand in for one machine per node.
-mod cpu_cap {
-    use std::fs;
-    use std::path::PathBuf;
-
-    /// A cgroup holding one server's processes, removed on drop (once they are gone).
-    pub(crate) struct CpuCap(PathBuf);
-
-    impl CpuCap {
-        /// Cap the server whose postmaster is `pid`, and every process it has
-        /// forked or will fork, at `cpus` CPUs.
-        pub(crate) fn apply(
-            name: &str,
-            pid: u32,
-            cpus: f64,
-        ) -> Result<CpuCap, Box<dyn std::error::Error + Send + Sync>> {
-            let period: u64 = 100_000;
-            let quota = (cpus * period as f64).round().max(1000.0) as u64;
-            let group = format!("rws-bench-{}-{name}", std::process::id());
-            let v1 = PathBuf::from("/sys/fs/cgroup/cpu");
-            let dir = if v1.join("cpu.cfs_quota_us").exists() {
-                let dir = v1.join(&group);
-                fs::create_dir_all(&dir)?;
-                fs::write(dir.join("cpu.cfs_period_us"), period.to_string())?;
-                fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string())?;
-                dir
-            } else {
-                let dir = PathBuf::from("/sys/fs/cgroup").join(&group);
-                fs::create_dir_all(&dir)?;
-                fs::write(dir.join("cpu.max"), format!("{quota} {period}"))?;
-                dir
-            };
-            let cap = CpuCap(dir);
-            fs::write(cap.0.join("cgroup.procs"), pid.to_string())?;
-            for child in children(pid) {
-                // A short-lived child may be gone by now: nothing to cap.
-                let _ = fs::write(cap.0.join("cgroup.procs"), child.to_string());
-            }
-            Ok(cap)
-        }
-    }
-
-    /// The direct children of `parent` (a postmaster's server processes).
-    fn children(parent: u32) -> Vec<u32> {
-        let Ok(entries) = fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| {
-                fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .ok()
-                    .and_then(|stat| {
-                        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
-                        let after = &stat[stat.rfind(')')? + 1..];
-                        after.split_whitespace().nth(1)?.parse::<u32>().ok()
-                    })
-                    == Some(parent)
-            })
-            .collect()
-    }
-
-    impl Drop for CpuCap {
-        fn drop(&mut self) {
-            // A cgroup with members cannot be removed: hand them back to the parent.
-            if let (Ok(members), Some(parent)) = (
-                fs::read_to_string(self.0.join("cgroup.procs")),
-                self.0.parent(),
-            ) {
-                for pid in members.lines() {
-                    let _ = fs::write(parent.join("cgroup.procs"), pid);
-                }
-            }
-            // Exiting members linger as zombies for a moment (design.md): retry.
-            for _ in 0..60 {
-                if fs::remove_dir(&self.0).is_ok() {
-                    return;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            eprintln!("could not remove {}", self.0.display());
-        }
-    }
 }

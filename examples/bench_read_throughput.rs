@@ -8,6 +8,8 @@
 //! ```
 //!
 //! Defaults: 32 tasks, 5 s per variant and round, 5 rounds, 3 reads per checkout.
+//! `RWSPLIT_BENCH_ONLY=i-b,iii` runs only the variants with these labels;
+//! `RWSPLIT_NODE_CPUS=0.4` caps each server at that many CPUs (see `support/cpu_cap.rs`).
 //! Each task loops: check a connection out of its pool, read READS_PER_CHECKOUT
 //! rows by primary key with the typed DSL (`find(id).first()`), give it back. The
 //! same diesel-async client code reads
@@ -43,6 +45,9 @@ use diesel::prelude::*;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_rwsplit::{SwitchablePool, Target};
+
+#[path = "support/cpu_cap.rs"]
+mod cpu_cap;
 
 diesel::table! {
     bench_read_items (id) {
@@ -299,7 +304,14 @@ async fn main() -> Result<(), Error> {
     // Keep a cluster we started alive for the whole run.
     let urls = diesel_rwsplit::testing::ClusterUrls::from_env_or_start(2).await?;
     println!("{}", urls.describe());
-    let (_cluster, primary, replicas) = urls.into_parts();
+    let (cluster, primary, replicas) = urls.into_parts();
+    let _caps = match &cluster {
+        Some(cluster) => cpu_cap::from_env(cluster)?,
+        None if std::env::var_os("RWSPLIT_NODE_CPUS").is_some() => {
+            return Err("RWSPLIT_NODE_CPUS needs the cluster this example starts itself".into())
+        }
+        None => Vec::new(),
+    };
     if replicas.len() < 2 {
         return Err("this benchmark wants two replicas".into());
     }
@@ -345,6 +357,15 @@ async fn main() -> Result<(), Error> {
         .build()
         .await?;
     variants.push(Arc::new(Variant::SwitchableNoRetry(no_retry)));
+
+    // `RWSPLIT_BENCH_ONLY=i-b,iii`: only these variants (e.g. to profile one alone).
+    if let Ok(only) = std::env::var("RWSPLIT_BENCH_ONLY") {
+        let wanted: Vec<String> = only.split(',').map(|l| format!("({})", l.trim())).collect();
+        variants.retain(|v| wanted.iter().any(|w| v.name().starts_with(w.as_str())));
+        if variants.is_empty() {
+            return Err(format!("RWSPLIT_BENCH_ONLY={only} names no variant").into());
+        }
+    }
 
     // Warm every pool: connections opened, statements prepared, caches filled.
     for variant in &variants {
@@ -392,8 +413,14 @@ async fn main() -> Result<(), Error> {
     }
 
     let medians: Vec<f64> = results.iter().map(|r| median(r)).collect();
-    let direct = medians[0];
-    let direct_both = medians[1];
+    let median_of = |wanted: fn(&Variant) -> bool| {
+        variants
+            .iter()
+            .position(|v| wanted(v))
+            .map_or(f64::NAN, |i| medians[i])
+    };
+    let direct = median_of(|v| matches!(v, Variant::Direct(_)));
+    let direct_both = median_of(|v| matches!(v, Variant::DirectBoth(..)));
     let pgpool = variants
         .iter()
         .position(|v| matches!(**v, Variant::Pgpool(_)))
