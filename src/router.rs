@@ -21,8 +21,9 @@ const VERDICT_CACHE_LIMIT: usize = 4096;
 #[derive(Clone)]
 struct Known {
     verdict: Verdict,
-    /// Its SQL, when its instances all render the same text (safe to cache prepared).
-    sql: Option<Arc<str>>,
+    /// The SQL its instances render when they are safe to cache prepared (only
+    /// those are looked up here).
+    sql: Arc<str>,
 }
 
 type TypeMap = HashMap<TypeId, Known, BuildHasherDefault<TypeIdHasher>>;
@@ -54,7 +55,7 @@ pub(crate) struct Router<C: SwitchTarget> {
     /// Replica reads are rendered so that a connection-level failure can be retried.
     pub(crate) read_retry: bool,
     /// Verdicts (and the SQL text, for re-runnable renderings) by diesel's static
-    /// `QueryId::query_id()`. Copy-on-write behind an `ArcSwap`: a lookup is a
+    /// `QueryId::query_id()`, learnt from instances that are safe to cache prepared. Copy-on-write behind an `ArcSwap`: a lookup is a
     /// lock-free load, and inserts (once per query type per program) clone the map.
     verdicts: ArcSwap<TypeMap>,
     pub(crate) render_ctx: C::RenderCtx,
@@ -82,20 +83,20 @@ impl<C: SwitchTarget> Router<C> {
         })
     }
 
-    /// The cached verdict of a static query type, and its shared SQL if it has one.
+    /// The cached verdict of a static query type, and its shared SQL.
     pub(crate) fn cached_verdict(&self, id: TypeId) -> Option<(Verdict, Option<SqlText>)> {
         self.verdicts
             .load()
             .get(&id)
-            .map(|known| (known.verdict, known.sql.clone().map(SqlText::Shared)))
+            .map(|known| (known.verdict, Some(SqlText::Shared(Arc::clone(&known.sql)))))
     }
 
-    /// Remember a static query type's verdict, and its SQL when every instance of
-    /// the type renders the same text.
-    pub(crate) fn cache_verdict(&self, id: TypeId, verdict: Verdict, sql: Option<&str>) {
+    /// Remember a static query type's verdict and SQL, from an instance that is safe
+    /// to cache prepared.
+    pub(crate) fn cache_verdict(&self, id: TypeId, verdict: Verdict, sql: &str) {
         let known = Known {
             verdict,
-            sql: sql.map(Arc::from),
+            sql: Arc::from(sql),
         };
         self.verdicts.rcu(|current| {
             if current.len() >= VERDICT_CACHE_LIMIT || current.contains_key(&id) {

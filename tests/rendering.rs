@@ -11,10 +11,11 @@ use diesel::deserialize::{self, FromSql, FromSqlRow};
 use diesel::expression::AsExpression;
 use diesel::pg::{Pg, PgValue};
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, Query, QueryFragment};
 use diesel::serialize::{self, IsNull, Output, ToSql};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_rwsplit::testing::LocalCluster;
-use diesel_rwsplit::{SwitchablePool, Target};
+use diesel_rwsplit::{SwitchReason, SwitchablePool, Target};
 
 /// The SQL type `rws_render_mood`, an enum created by the test.
 #[derive(diesel::sql_types::SqlType, diesel::query_builder::QueryId)]
@@ -174,6 +175,45 @@ async fn instances_of_one_query_type_with_different_sql_each_run_their_own() {
         assert_eq!(found, keys, "an IN list of {len}");
     }
     assert_eq!(conn.target(), Target::Replica);
+}
+
+/// One Rust type with a static query id whose SQL depends on the instance: legal in
+/// diesel as long as it says it is not safe to cache prepared.
+#[derive(diesel::query_builder::QueryId)]
+struct PickRow {
+    lock: bool,
+}
+
+impl QueryFragment<Pg> for PickRow {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.unsafe_to_cache_prepared();
+        out.push_sql("SELECT id FROM rws_render_varying WHERE id = 1");
+        if self.lock {
+            out.push_sql(" FOR UPDATE");
+        }
+        Ok(())
+    }
+}
+
+impl Query for PickRow {
+    type SqlType = diesel::sql_types::BigInt;
+}
+
+#[tokio::test]
+async fn a_query_type_whose_sql_varies_is_judged_per_instance() {
+    let pool = labelled_table(shared_cluster(), "rws_render_varying", 3).await;
+    let mut conn = pool.get().await.unwrap();
+    for _ in 0..3 {
+        let id: i64 = PickRow { lock: false }.get_result(&mut conn).await.unwrap();
+        assert_eq!(id, 1);
+    }
+    assert_eq!(conn.target(), Target::Replica);
+    // Same type, a locking read this time: it must not inherit the replica verdict
+    // of the instances before it (on a replica it would fail, read-only).
+    let id: i64 = PickRow { lock: true }.get_result(&mut conn).await.unwrap();
+    assert_eq!(id, 1);
+    assert_eq!(conn.target(), Target::Primary);
+    assert_eq!(conn.switch_reason(), Some(SwitchReason::LockingRead));
 }
 
 #[tokio::test]

@@ -495,16 +495,22 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         Q: QueryFragment<C::Backend> + QueryId,
     {
         let id = Q::query_id();
-        if let Some(known) = id.and_then(|id| self.router.cached_verdict(id)) {
+        // A type's verdict and SQL hold only for its instances that are safe to cache
+        // prepared (diesel's own rule for sharing a prepared statement by type); any
+        // other instance may render other SQL, so it is classified afresh.
+        let typed = match id {
+            Some(_) => C::is_safe_to_cache(query)?,
+            None => false,
+        };
+        if let (true, Some(known)) = (typed, id.and_then(|id| self.router.cached_verdict(id))) {
             return Ok(known);
         }
         let sql = C::render_sql(query)?;
         let verdict = self.router.classifier.classify(&sql);
         // Only replica verdicts are cached: a primary verdict needs the statement for
         // its fingerprint (flip, refusal or would-be flip), and a flip renders it anyway.
-        if let (Some(id), Verdict::Replica) = (id, verdict) {
-            let shared = C::is_safe_to_cache(query)?.then_some(sql.as_str());
-            self.router.cache_verdict(id, verdict, shared);
+        if let (Some(id), Verdict::Replica, true) = (id, verdict, typed) {
+            self.router.cache_verdict(id, verdict, &sql);
         }
         Ok((verdict, Some(SqlText::Owned(sql))))
     }

@@ -194,13 +194,14 @@ pub(crate) fn render<Q>(
 where
     Q: QueryFragment<Pg> + QueryId + ?Sized,
 {
-    let safe_to_cache = query.is_safe_to_cache_prepared(&Pg)?;
-    let sql = match sql {
-        // A type's shared SQL holds only for its instances that are safe to cache
-        // (the same rule as diesel's statement cache); the others render their own.
-        Some(SqlText::Shared(_)) if !safe_to_cache => SqlText::Owned(render_sql(query)?),
-        Some(sql) => sql,
-        None => SqlText::Owned(render_sql(query)?),
+    let (sql, safe_to_cache) = match sql {
+        // Shared SQL comes only for instances already found safe to cache prepared.
+        Some(sql @ SqlText::Shared(_)) => (sql, true),
+        Some(sql) => (sql, query.is_safe_to_cache_prepared(&Pg)?),
+        None => (
+            SqlText::Owned(render_sql(query)?),
+            query.is_safe_to_cache_prepared(&Pg)?,
+        ),
     };
     let (load, execute): (LoadFn, ExecuteFn) = if Q::HAS_STATIC_QUERY_ID {
         (
@@ -321,21 +322,16 @@ async fn lookup_type(conn: &mut AsyncPgConnection, key: &TypeKey) -> QueryResult
 }
 
 impl RenderedPg {
-    /// Resolve pending custom-type OIDs on `conn` and patch the binds in place. On a
-    /// failed lookup nothing is patched, so a retry elsewhere resolves again.
+    /// Resolve pending custom-type OIDs on `conn` and patch the binds. All or
+    /// nothing: after any failure the rendering is as it was, and a retry elsewhere
+    /// resolves again.
     async fn resolve(&mut self, conn: &mut AsyncPgConnection, cache: &OidCache) -> QueryResult<()> {
-        let Some(unresolved) = self.unresolved.take() else {
+        let Some(unresolved) = &self.unresolved else {
             return Ok(());
         };
         let mut real = HashMap::new();
         for (key, (fake_oid, fake_array)) in &unresolved.fakes {
-            let (oid, array_oid) = match lookup_type(conn, key).await {
-                Ok(oids) => oids,
-                Err(e) => {
-                    self.unresolved = Some(unresolved);
-                    return Err(e);
-                }
-            };
+            let (oid, array_oid) = lookup_type(conn, key).await?;
             cache
                 .0
                 .write()
@@ -344,20 +340,21 @@ impl RenderedPg {
             real.insert(*fake_oid, oid);
             real.insert(*fake_array, array_oid);
         }
-        for m in &mut self.binds.metadata {
-            let (o, a) = (
-                m.oid().unwrap_or_default(),
-                m.array_oid().unwrap_or_default(),
-            );
-            *m = PgTypeMetadata::new(
-                real.get(&o).copied().unwrap_or(o),
-                real.get(&a).copied().unwrap_or(a),
-            );
-        }
-        for (i, off) in unresolved.embedded {
-            let chunk = self
-                .binds
-                .binds
+        let real_or_same = |oid: u32| real.get(&oid).copied().unwrap_or(oid);
+        let metadata: Vec<PgTypeMetadata> = self
+            .binds
+            .metadata
+            .iter()
+            .map(|m| {
+                PgTypeMetadata::new(
+                    real_or_same(m.oid().unwrap_or_default()),
+                    real_or_same(m.array_oid().unwrap_or_default()),
+                )
+            })
+            .collect();
+        let mut binds = self.binds.binds.clone();
+        for &(i, off) in &unresolved.embedded {
+            let chunk = binds
                 .get_mut(i)
                 .and_then(|b| b.as_mut())
                 .and_then(|b| b.get_mut(off..off + 4));
@@ -374,6 +371,9 @@ impl RenderedPg {
             };
             chunk.copy_from_slice(&oid.to_be_bytes());
         }
+        self.binds.metadata = metadata;
+        self.binds.binds = binds;
+        self.unresolved = None;
         Ok(())
     }
 }
