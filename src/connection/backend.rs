@@ -67,16 +67,15 @@ pub type NodeConnection<C> = Box<dyn std::ops::DerefMut<Target = C> + Send + Syn
 #[doc(hidden)]
 pub trait NodePool<C>: Send + Sync + 'static {
     /// Check a connection out (connecting if needed, within the checkout timeout).
-    fn checkout(&self) -> BoxFuture<'static, Result<NodeConnection<C>, crate::BoxError>>;
+    fn checkout(&self) -> BoxFuture<'_, Result<NodeConnection<C>, crate::BoxError>>;
 }
 
 impl NodePool<AsyncPgConnection> for bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>> {
     fn checkout(
         &self,
-    ) -> BoxFuture<'static, Result<NodeConnection<AsyncPgConnection>, crate::BoxError>> {
-        let pool = self.clone();
+    ) -> BoxFuture<'_, Result<NodeConnection<AsyncPgConnection>, crate::BoxError>> {
         async move {
-            match pool.get_owned().await {
+            match self.get_owned().await {
                 Ok(conn) => Ok(Box::new(conn) as NodeConnection<AsyncPgConnection>),
                 Err(e) => Err(e.to_string().into()),
             }

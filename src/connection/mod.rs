@@ -515,12 +515,20 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         Ok((verdict, Some(SqlText::Owned(sql))))
     }
 
-    pub(crate) fn active_mut(&mut self) -> &mut C {
-        match (&mut self.primary, &mut self.replica) {
+    /// The active connection and the router's rendering context, borrowed apart
+    /// (no reference-count traffic on the shared router per statement).
+    fn active_with_ctx(&mut self) -> (&mut C, &C::RenderCtx) {
+        let ctx = &self.router.render_ctx;
+        let conn: &mut C = match (&mut self.primary, &mut self.replica) {
             (Some(primary), _) => primary,
             (None, Some(replica)) => replica,
             (None, None) => unreachable!("statements run only after a connection is in hand"),
-        }
+        };
+        (conn, ctx)
+    }
+
+    pub(crate) fn active_mut(&mut self) -> &mut C {
+        self.active_with_ctx().0
     }
 
     pub(crate) fn any_broken(&mut self) -> bool {
@@ -661,12 +669,10 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
                 // Rendered to owned SQL + binds so that it can run a second time.
                 let rendered = self.render_owned(&query, sql);
                 drop(query);
-                let router = Arc::clone(&self.router);
                 let read = async move {
                     let mut rendered = rendered?;
-                    let ctx = &router.render_ctx;
-                    let error = match C::load_rendered(self.active_mut(), &mut rendered, ctx).await
-                    {
+                    let (conn, ctx) = self.active_with_ctx();
+                    let error = match C::load_rendered(conn, &mut rendered, ctx).await {
                         Err(e) if C::is_retryable_read_error(&e) => e,
                         Err(e) => return Err(e),
                         // A server going away mid-query shows up as the stream's first
@@ -685,7 +691,8 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
                         }
                     };
                     self.move_after_failed_read(&error).await?;
-                    let stream = C::load_rendered(self.active_mut(), &mut rendered, ctx).await?;
+                    let (conn, ctx) = self.active_with_ctx();
+                    let stream = C::load_rendered(conn, &mut rendered, ctx).await?;
                     Ok(stream as RowStream<'conn, C::OwnedRow>)
                 };
                 with_span(read.boxed(), Target::Replica)
@@ -697,12 +704,11 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
                 // The query is not Send: render it now, before the await.
                 let rendered = self.render_owned(&query, sql);
                 drop(query);
-                let router = Arc::clone(&self.router);
                 async move {
                     let mut rendered = rendered?;
                     self.acquire_primary(flip).await?;
-                    let ctx = &router.render_ctx;
-                    let stream = C::load_rendered(self.active_mut(), &mut rendered, ctx).await?;
+                    let (conn, ctx) = self.active_with_ctx();
+                    let stream = C::load_rendered(conn, &mut rendered, ctx).await?;
                     Ok(stream as RowStream<'conn, C::OwnedRow>)
                 }
                 .instrument(statement_span(Target::Primary))
@@ -723,18 +729,17 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
             Ok(Plan::Direct(Target::Replica, sql)) if self.retries_reads() => {
                 let rendered = self.render_owned(&source, sql);
                 drop(source);
-                let router = Arc::clone(&self.router);
                 let read = async move {
                     let mut rendered = rendered?;
-                    let ctx = &router.render_ctx;
-                    let error =
-                        match C::execute_rendered(self.active_mut(), &mut rendered, ctx).await {
-                            Ok(count) => return Ok(count),
-                            Err(e) if C::is_retryable_read_error(&e) => e,
-                            Err(e) => return Err(e),
-                        };
+                    let (conn, ctx) = self.active_with_ctx();
+                    let error = match C::execute_rendered(conn, &mut rendered, ctx).await {
+                        Ok(count) => return Ok(count),
+                        Err(e) if C::is_retryable_read_error(&e) => e,
+                        Err(e) => return Err(e),
+                    };
                     self.move_after_failed_read(&error).await?;
-                    C::execute_rendered(self.active_mut(), &mut rendered, ctx).await
+                    let (conn, ctx) = self.active_with_ctx();
+                    C::execute_rendered(conn, &mut rendered, ctx).await
                 };
                 with_span(read.boxed(), Target::Replica)
             }
@@ -744,11 +749,11 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
             Ok(Plan::AcquireFirst(flip, sql)) => {
                 let rendered = self.render_owned(&source, sql);
                 drop(source);
-                let router = Arc::clone(&self.router);
                 async move {
                     let mut rendered = rendered?;
                     self.acquire_primary(flip).await?;
-                    C::execute_rendered(self.active_mut(), &mut rendered, &router.render_ctx).await
+                    let (conn, ctx) = self.active_with_ctx();
+                    C::execute_rendered(conn, &mut rendered, ctx).await
                 }
                 .instrument(statement_span(Target::Primary))
                 .boxed()

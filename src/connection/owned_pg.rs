@@ -148,7 +148,9 @@ pub(crate) fn render_sql<Q: QueryFragment<Pg> + ?Sized>(query: &Q) -> QueryResul
 /// `collect_binds` takes `&mut Pg::MetadataLookup`, so the lookup may not borrow anything:
 /// hold the `Arc`, not a read guard.
 struct Lookup {
-    cache: OidCache,
+    /// `None` for a first pass that only finds out whether any custom type is bound
+    /// (most statements bind none, and need not touch the shared cache at all).
+    cache: Option<OidCache>,
     missed: bool,
     /// Pass 1 only: the fake (oid, array oid) handed out per type, and the last one used.
     fakes: Option<(FakeOids, u32)>,
@@ -160,13 +162,14 @@ type FakeOids = HashMap<TypeKey, (u32, u32)>;
 impl PgMetadataLookup for Lookup {
     fn lookup_type(&mut self, type_name: &str, schema: Option<&str>) -> PgTypeMetadata {
         let key = (schema.map(str::to_owned), type_name.to_owned());
-        let cached = self
-            .cache
-            .0
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .copied();
+        let cached = self.cache.as_ref().and_then(|cache| {
+            cache
+                .0
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .copied()
+        });
         if let Some((oid, array_oid)) = cached {
             return PgTypeMetadata::new(oid, array_oid);
         }
@@ -212,14 +215,24 @@ where
         (load_as::<Unkeyed>, execute_as::<Unkeyed>)
     };
 
-    // Pass 0: real OIDs for cached types, FAKE_OID for the rest.
+    // Pass 0: without the cache, which is enough when no custom type is bound; if
+    // one is, again with real OIDs for cached types and FAKE_OID for the rest.
     let mut binds0 = RawBytesBindCollector::<Pg>::new();
     let mut lookup0 = Lookup {
-        cache: cache.clone(),
+        cache: None,
         missed: false,
         fakes: None,
     };
     query.collect_binds(&mut binds0, &mut lookup0 as &mut dyn PgMetadataLookup, &Pg)?;
+    if lookup0.missed {
+        binds0 = RawBytesBindCollector::<Pg>::new();
+        lookup0 = Lookup {
+            cache: Some(cache.clone()),
+            missed: false,
+            fakes: None,
+        };
+        query.collect_binds(&mut binds0, &mut lookup0 as &mut dyn PgMetadataLookup, &Pg)?;
+    }
     if !lookup0.missed {
         return Ok(RenderedPg {
             sql,
@@ -245,7 +258,7 @@ where
         .unwrap_or_default();
     let mut binds1 = RawBytesBindCollector::<Pg>::new();
     let mut lookup1 = Lookup {
-        cache: cache.clone(),
+        cache: Some(cache.clone()),
         missed: false,
         fakes: Some((HashMap::new(), max_oid)),
     };

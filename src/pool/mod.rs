@@ -76,17 +76,12 @@ impl<C: SwitchTarget> NodePool<C> {
         self.weight
     }
 
-    fn checkout(&self) -> BoxFuture<'static, Result<Handle<C>, Error>> {
-        let name = Arc::clone(&self.name);
-        let checkout = self.pool.checkout();
-        async move {
-            checkout.await.map_err(|source| Error::Node {
-                node: name.to_string(),
-                step: NodeStep::Checkout,
-                source,
-            })
-        }
-        .boxed()
+    async fn checkout(&self) -> Result<Handle<C>, Error> {
+        self.pool.checkout().await.map_err(|source| Error::Node {
+            node: self.name.to_string(),
+            step: NodeStep::Checkout,
+            source,
+        })
     }
 }
 
