@@ -146,7 +146,7 @@
 //! reads: [`SwitchablePoolBuilder::replica_max_size`] about `handlers / replicas`.
 //! The lag monitor keeps one more connection per node. `BENCHMARKS.md` measures
 //! both sizings: 64 handlers used 9 primary connections with the pool sized for the
-//! writes and 23 with it sized for the handlers, against 64 with everything on the
+//! writes and 18-24 with it sized for the handlers, against 64 with everything on the
 //! primary.
 //!
 //! ## A real replicated cluster for tests
