@@ -37,7 +37,7 @@
 //! warm-up, connection peaks over the whole run. The report gives medians over the
 //! rounds.
 //!
-//! `RWSPLIT_NODE_CPUS=0.5` (Linux, root, cgroup v1 `cpu` or v2) caps each server at
+//! `RWSPLIT_NODE_CPUS=0.4` (Linux, root, cgroup v1 `cpu` or v2) caps each server at
 //! that many CPUs, as if every node had a machine of its own of equal size; the
 //! benchmark itself is not capped. Without it the client and all three servers
 //! share the machine's cores, so moving reads to replicas adds no capacity.

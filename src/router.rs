@@ -84,11 +84,11 @@ impl<C: SwitchTarget> Router<C> {
     }
 
     /// The cached verdict of a static query type, and its shared SQL.
-    pub(crate) fn cached_verdict(&self, id: TypeId) -> Option<(Verdict, Option<SqlText>)> {
+    pub(crate) fn cached_verdict(&self, id: TypeId) -> Option<(Verdict, SqlText)> {
         self.verdicts
             .load()
             .get(&id)
-            .map(|known| (known.verdict, Some(SqlText::Shared(Arc::clone(&known.sql)))))
+            .map(|known| (known.verdict, SqlText::Shared(Arc::clone(&known.sql))))
     }
 
     /// Remember a static query type's verdict and SQL, from an instance that is safe

@@ -239,6 +239,29 @@ async fn a_rendered_read_reuses_one_prepared_statement_per_query_type() {
     .unwrap();
     assert_eq!(prepared.n, 1);
     assert_eq!(conn.target(), Target::Replica);
+
+    // On the primary: the first DELETE flips (it runs from its owned rendering), the
+    // next ones of the same type run directly. Keyed by the query's type, both paths
+    // find the same prepared statement; keyed by SQL text they would prepare two.
+    for key in 1..=3_i64 {
+        let deleted = diesel::delete(rws_render_prepared::table.find(key))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(deleted, 1);
+    }
+    assert_eq!(conn.switch_reason(), Some(SwitchReason::WriteStatement));
+    let prepared: Count = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_prepared_statements \
+         WHERE statement LIKE 'DELETE%rws_render_prepared%'",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        prepared.n, 1,
+        "one prepared DELETE on the primary's session"
+    );
 }
 
 #[derive(QueryableByName)]

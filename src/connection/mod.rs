@@ -150,7 +150,7 @@ impl<C: SwitchTarget> fmt::Debug for SwitchableConnection<C> {
 /// Where a statement will run.
 enum Plan {
     /// On the active connection, without waiting for anything first. Carries the
-    /// SQL if judging it had to render it, so that it is not rendered twice.
+    /// SQL if judging it rendered it or found it shared, so that it is not built twice.
     Direct(Target, Option<SqlText>),
     /// Check out the primary first; the statement must be rendered to owned data.
     AcquireFirst(Option<Flip>, Option<SqlText>),
@@ -502,8 +502,10 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             Some(_) => C::is_safe_to_cache(query)?,
             None => false,
         };
-        if let (true, Some(known)) = (typed, id.and_then(|id| self.router.cached_verdict(id))) {
-            return Ok(known);
+        if let (true, Some((verdict, sql))) =
+            (typed, id.and_then(|id| self.router.cached_verdict(id)))
+        {
+            return Ok((verdict, Some(sql)));
         }
         let sql = C::render_sql(query)?;
         let verdict = self.router.classifier.classify(&sql);

@@ -391,19 +391,31 @@ impl RenderedPg {
     }
 }
 
+/// Run a rendered statement on `conn` with `run` (its load or execute), resolving
+/// pending custom-type OIDs there first.
+fn run_resolved<'c, T: 'c>(
+    conn: &'c mut AsyncPgConnection,
+    rendered: &'c mut RenderedPg,
+    cache: &'c OidCache,
+    run: for<'x, 'r> fn(&'x mut AsyncPgConnection, &'r RenderedPg) -> BoxFuture<'x, QueryResult<T>>,
+) -> BoxFuture<'c, QueryResult<T>> {
+    if rendered.unresolved.is_none() {
+        return run(conn, rendered);
+    }
+    Box::pin(async move {
+        rendered.resolve(conn, cache).await?;
+        run(conn, rendered).await
+    })
+}
+
 /// Run a rendered statement on `conn`, yielding rows that do not borrow it.
 pub(crate) fn load<'c>(
     conn: &'c mut AsyncPgConnection,
     rendered: &'c mut RenderedPg,
     cache: &'c OidCache,
 ) -> BoxFuture<'c, QueryResult<RowStream<'static, PgRow>>> {
-    if rendered.unresolved.is_none() {
-        return (rendered.load)(conn, rendered);
-    }
-    Box::pin(async move {
-        rendered.resolve(conn, cache).await?;
-        (rendered.load)(conn, rendered).await
-    })
+    let run = rendered.load;
+    run_resolved(conn, rendered, cache, run)
 }
 
 /// Run a rendered statement on `conn`, yielding the affected row count.
@@ -412,11 +424,6 @@ pub(crate) fn execute<'c>(
     rendered: &'c mut RenderedPg,
     cache: &'c OidCache,
 ) -> BoxFuture<'c, QueryResult<usize>> {
-    if rendered.unresolved.is_none() {
-        return (rendered.execute)(conn, rendered);
-    }
-    Box::pin(async move {
-        rendered.resolve(conn, cache).await?;
-        (rendered.execute)(conn, rendered).await
-    })
+    let run = rendered.execute;
+    run_resolved(conn, rendered, cache, run)
 }
