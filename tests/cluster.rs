@@ -334,3 +334,66 @@ async fn out_of_range_replicas_and_a_used_dir_are_typed_errors() {
     let err = cluster.wait_for_replica(3, WAIT).await.unwrap_err();
     assert!(matches!(err, Error::NoSuchReplica { .. }));
 }
+
+#[tokio::test]
+async fn the_primary_stops_starts_freezes_and_thaws() {
+    let cluster = LocalCluster::start(1).await.unwrap();
+    let url = cluster.primary_url();
+    let primary = connect(&url).await.unwrap();
+    primary
+        .batch_execute("CREATE TABLE primary_faults (id BIGINT PRIMARY KEY)")
+        .await
+        .unwrap();
+    cluster.wait_for_replicas(WAIT).await.unwrap();
+    let pid = cluster.primary_pid().unwrap();
+    let before_stop = cluster.primary_lsn().await.unwrap();
+
+    cluster.stop_primary().await.unwrap();
+    assert!(diesel_rwsplit::testing::process_is_gone(pid));
+    assert_eq!(cluster.primary_pid(), None);
+    assert!(
+        connect(&url).await.is_err(),
+        "a stopped primary accepted a connection"
+    );
+    let err = primary.simple_query("SELECT 1").await.unwrap_err();
+    assert!(err.is_closed() || err.code().is_some(), "{err:?}");
+    // The shutdown checkpoint reached the standby before the primary exited.
+    assert!(cluster.receive_lsn(0).await.unwrap() > before_stop);
+
+    cluster.start_primary().await.unwrap();
+    assert_eq!(cluster.primary_url(), url, "same port: replicas follow it");
+    let primary = connect(&url).await.unwrap();
+    let streaming: i64 = primary
+        .query_one(
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        streaming, 1,
+        "start_primary returned before the replica streams"
+    );
+    primary
+        .execute("INSERT INTO primary_faults VALUES (5)", &[])
+        .await
+        .unwrap();
+    cluster.wait_for_replica(0, WAIT).await.unwrap();
+    let replica = connect(&cluster.replica_url(0).unwrap()).await.unwrap();
+    assert_eq!(
+        count(&replica, "primary_faults", 5).await,
+        1,
+        "the replica did not catch up with the restarted primary"
+    );
+
+    cluster.freeze_primary().await.unwrap();
+    let attempt = tokio::time::timeout(Duration::from_millis(500), connect(&url)).await;
+    assert!(attempt.is_err(), "a frozen primary answered: {attempt:?}");
+    cluster.thaw_primary().await.unwrap();
+    let thawed = tokio::time::timeout(WAIT, connect(&url))
+        .await
+        .unwrap()
+        .unwrap();
+    thawed.simple_query("SELECT 1").await.unwrap();
+}

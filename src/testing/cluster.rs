@@ -16,7 +16,9 @@ const PORT_ATTEMPTS: usize = 5;
 
 /// Server settings shared by every node. `fsync=off` is safe for throwaway data and
 /// makes start-up fast; `synchronous_commit` stays on because turning it off adds
-/// about 200 ms of replica lag (design section 5).
+/// about 200 ms of replica lag (design section 5). A short
+/// `wal_retrieve_retry_interval` (default 5 s) lets replicas stream again soon after
+/// the primary comes back, which `start_primary` waits for.
 const BASE_SETTINGS: &str = "
 listen_addresses = '127.0.0.1'
 unix_socket_directories = ''
@@ -29,6 +31,7 @@ max_replication_slots = 16
 hot_standby = on
 hot_standby_feedback = on
 wal_receiver_status_interval = 1s
+wal_retrieve_retry_interval = 100ms
 max_connections = 200
 shared_buffers = 32MB
 logging_collector = off
@@ -359,7 +362,19 @@ impl LocalCluster {
     /// Stop a replica with a fast shutdown, by pid; returns once its process is gone.
     /// Open connections to it fail with SQLSTATE 57P01, new ones are refused.
     pub async fn stop_replica(&self, index: usize) -> Result<()> {
-        let node = self.replica(index)?;
+        self.stop_node(self.replica(index)?)
+    }
+
+    /// Stop the primary with a fast shutdown, by pid; returns once its process is
+    /// gone. Open connections to it fail with SQLSTATE 57P01, new ones are refused.
+    /// The replicas stay up, in recovery, and keep retrying to stream from it; they
+    /// have received its shutdown checkpoint (a fast shutdown sends all WAL to
+    /// connected standbys before it exits).
+    pub async fn stop_primary(&self) -> Result<()> {
+        self.stop_node(&self.primary)
+    }
+
+    fn stop_node(&self, node: &Node) -> Result<()> {
         let stopped = block_in_place(|| node.stop_blocking());
         if stopped {
             Ok(())
@@ -386,23 +401,63 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Start the stopped primary again on its port; returns once it accepts
+    /// connections and every running standby streams from it again. A no-op if it
+    /// runs.
+    pub async fn start_primary(&self) -> Result<()> {
+        if self.primary.pid().is_some() {
+            return Ok(());
+        }
+        // Same port: the replicas' primary_conninfo names it.
+        self.start_node(&self.primary, false).await?;
+        for (index, node) in self.replicas.iter().enumerate() {
+            if node.pid().is_none() {
+                continue;
+            }
+            let standby = node
+                .in_recovery()
+                .await
+                .map_err(|e| self.err(&node.name, ClusterStep::Query, e))?;
+            if standby {
+                self.wait_streaming(index).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Freeze a replica (SIGSTOP to its postmaster's process group and to every
     /// server process): like a hung machine, it neither answers nor closes
     /// connections; open connections hang and new ones hang until the client's
     /// connect timeout. Returns once every process is stopped.
     pub async fn freeze_replica(&self, index: usize) -> Result<()> {
-        self.signal_replica(index, libc::SIGSTOP, true).await
+        self.signal_node(self.replica(index)?, libc::SIGSTOP, true)
+            .await
     }
 
     /// Thaw a frozen replica (SIGCONT to the same processes). Returns once they run again.
     pub async fn thaw_replica(&self, index: usize) -> Result<()> {
-        self.signal_replica(index, libc::SIGCONT, false).await
+        self.signal_node(self.replica(index)?, libc::SIGCONT, false)
+            .await
     }
 
-    async fn signal_replica(&self, index: usize, signal: libc::c_int, stopped: bool) -> Result<()> {
-        let node = self.replica(index)?;
+    /// Freeze the primary (SIGSTOP to its postmaster's process group and to every
+    /// server process, WAL senders included): like a hung machine, it neither answers
+    /// nor closes connections; open connections hang, new ones hang until the
+    /// client's connect timeout, and the replicas receive nothing. Returns once every
+    /// process is stopped.
+    pub async fn freeze_primary(&self) -> Result<()> {
+        self.signal_node(&self.primary, libc::SIGSTOP, true).await
+    }
+
+    /// Thaw the frozen primary (SIGCONT to the same processes). Returns once they run
+    /// again.
+    pub async fn thaw_primary(&self) -> Result<()> {
+        self.signal_node(&self.primary, libc::SIGCONT, false).await
+    }
+
+    async fn signal_node(&self, node: &Node, signal: libc::c_int, stopped: bool) -> Result<()> {
         let run = async {
-            let pid = node.pid().ok_or("replica is not running")?;
+            let pid = node.pid().ok_or("server is not running")?;
             // Backends lead process groups of their own (PostgreSQL calls setsid() in
             // each child), so the postmaster's group alone would leave open
             // connections answering: signal every child as well.
