@@ -32,6 +32,41 @@
 //!   missing data may have been written any time since the round before), and a
 //!   replica first seen behind is measured from the monitor's first observation.
 //!
+//! # When the primary does not answer
+//!
+//! A primary outage must not become a read outage. In a round in which the primary
+//! does not answer (refused, failed or timed out), every standby that answers is
+//! measured against the primary's *last known position* `K` instead: the larger of
+//! the primary's last answer and the highest receive or replay position any standby
+//! reports in that round (a primary sends only WAL it has, so what a standby holds
+//! existed on it; a cleanly stopped primary streams its shutdown checkpoint, so
+//! standbys that were caught up reach or pass its last answer). `K` is dated like a
+//! primary answer of that round. For a standby at replay position `R`:
+//!
+//! - lag in bytes: `K - R`, zero when `R >= K`;
+//! - lag in time: zero when `R >= K` (it lacks nothing the primary is known to have
+//!   had), else `now - behind_since` as above, `behind_since` being the start of the
+//!   first round that saw the primary past `R`, before or during the outage.
+//!
+//! This *outage measurement* is taken afresh each round from the standby's own replay
+//! progress, and it is what [`Monitor::is_usable`] judges while it is the replica's
+//! newest measurement. So a replica that was caught up stays usable however long the
+//! outage lasts; one behind by more than the byte limit stays unusable until it has
+//! replayed to within the limit of `K`; one behind within the time limit stays usable
+//! until it has lacked data for longer than the limit. When the primary answers
+//! again, the replicas' next answers are measured normally and supersede it.
+//!
+//! **The bound.** Besides what the limits allow against `K`, a replica judged this way
+//! can be missing at most what the primary wrote after the monitor last reached it
+//! and that no standby had received: nothing else that the primary ever had. This
+//! pool's own writes fail while the primary is unreachable, so they are not among
+//! them unless only the monitor cannot reach the primary (writes that do go through
+//! still reach standbys, and so raise `K`). An outage measurement needs one answer
+//! from the primary since the monitor started: until then nothing bounds a replica,
+//! and with a limit it is not usable. [`Monitor::lag_bytes`], [`Monitor::lag`] and
+//! [`ReplicaStatus`] keep reporting what the primary itself had, so they become
+//! unknown during the outage; only routing uses the outage measurement.
+//!
 //! # Reading the state
 //!
 //! [`Monitor::is_usable`], [`Monitor::replay_lsn`], [`Monitor::lag_bytes`],
@@ -39,9 +74,11 @@
 //! first, then the health flags), so a reader racing with a round may combine
 //! values of that round and of the previous one; each value was true at one of
 //! them, and a replica is usable only if every value it reads passes. A lag
-//! measurement older than two rounds in the worst case
-//! (`2 × (interval + 2 × probe_timeout)`, e.g. because the primary stopped
-//! answering or the runtime starved the task) counts as unknown.
+//! measurement (normal or outage) older than two rounds in the worst case
+//! (`2 × (interval + 2 × probe_timeout)`, e.g. because the replica has no replay
+//! position or the runtime starved the task) counts as unknown. A normal measurement
+//! also ages that way while the primary does not answer; its lags then become
+//! unknown, and routing goes by the outage measurement (see above).
 //!
 //! # Stopping and cancel-safety
 //!
@@ -223,6 +260,13 @@ struct ReplicaCell {
     /// Nanoseconds since [`Shared::base`] of the last round in which both the primary
     /// and this replica (a standby) answered.
     measured_at: AtomicOptU64,
+    /// Replay lag in bytes behind the primary's last known position, measured in a
+    /// round in which the primary did not answer (see the module documentation).
+    outage_lag: AtomicOptU64,
+    /// Like `behind_since`, for that measurement.
+    outage_behind_since: AtomicOptU64,
+    /// Like `measured_at`, for that measurement.
+    outage_at: AtomicOptU64,
     /// Nanoseconds since the UNIX epoch of its last answer.
     last_seen: AtomicOptU64,
     last_error: ArcSwapOption<String>,
@@ -241,6 +285,9 @@ impl ReplicaCell {
             replay_lag: AtomicOptU64::default(),
             behind_since: AtomicOptU64::default(),
             measured_at: AtomicOptU64::default(),
+            outage_lag: AtomicOptU64::default(),
+            outage_behind_since: AtomicOptU64::default(),
+            outage_at: AtomicOptU64::default(),
             last_seen: AtomicOptU64::default(),
             last_error: ArcSwapOption::empty(),
         }
@@ -289,6 +336,31 @@ impl Shared {
         cell.measured_at
             .load()
             .is_some_and(|at| now.saturating_duration_since(self.at(at)) <= self.stale_after)
+    }
+
+    /// What [`Monitor::is_usable`] judges: the replay lag in bytes and in time of the
+    /// replica's newest measurement, normal or taken while the primary did not
+    /// answer, if it is fresh.
+    fn judged_lag(&self, cell: &ReplicaCell, now: Instant) -> Option<(u64, Duration)> {
+        let normal = cell.measured_at.load();
+        let outage = cell.outage_at.load();
+        // `None` sorts first: a measurement that exists beats one that does not.
+        let (at, bytes, since) = if outage > normal {
+            (
+                outage?,
+                cell.outage_lag.load(),
+                cell.outage_behind_since.load(),
+            )
+        } else {
+            (normal?, cell.replay_lag.load(), cell.behind_since.load())
+        };
+        if now.saturating_duration_since(self.at(at)) > self.stale_after {
+            return None;
+        }
+        let lag = since.map_or(Duration::ZERO, |since| {
+            now.saturating_duration_since(self.at(since))
+        });
+        Some((bytes?, lag))
     }
 
     fn lag_bytes(&self, cell: &ReplicaCell, now: Instant) -> Option<(u64, Option<u64>)> {
@@ -410,7 +482,18 @@ impl Monitor {
     ///   (routing without a lag bound must not wait for the monitor; the role is
     ///   still guarded by read-only replica sessions);
     /// - otherwise: it answered the last probe, is in recovery, and every threshold
-    ///   that is set holds on a fresh measurement; an unknown lag fails any threshold.
+    ///   that is set holds on its newest measurement, which must be fresh (at most
+    ///   `2 × (interval + 2 × probe_timeout)` old); an unknown lag fails any threshold.
+    ///
+    /// The newest measurement is an *outage measurement* when the primary did not
+    /// answer in that round (see the module documentation): with `K` the primary's
+    /// last known position (its last answer, or more WAL a standby has since
+    /// received), `max_lag_bytes` holds when the replica had replayed to within
+    /// `max_lag_bytes` of `K`, and `max_lag` holds when it had replayed `K`, or the
+    /// first position past its replay position was first seen at most `max_lag` ago.
+    /// A replica usable this way can, besides that, be missing at most what the
+    /// primary wrote after the monitor last reached it that no standby had received.
+    /// It needs one answer from the primary since the monitor started.
     ///
     /// An index out of range is not usable.
     pub(crate) fn is_usable(
@@ -428,20 +511,13 @@ impl Monitor {
         if !cell.is_standby() {
             return false;
         }
-        let now = Instant::now();
-        if let Some(max) = max_lag_bytes {
-            match self.shared.lag_bytes(cell, now) {
-                Some((lag, _)) if lag <= max => {}
-                _ => return false,
-            }
+        if max_lag_bytes.is_none() && max_lag.is_none() {
+            return true;
         }
-        if let Some(max) = max_lag {
-            match self.shared.lag(cell, now) {
-                Some(lag) if lag <= max => {}
-                _ => return false,
-            }
-        }
-        true
+        let Some((lag_bytes, lag)) = self.shared.judged_lag(cell, Instant::now()) else {
+            return false;
+        };
+        max_lag_bytes.is_none_or(|max| lag_bytes <= max) && max_lag.is_none_or(|max| lag <= max)
     }
 
     /// The primary's WAL position at the last round it answered; `None` before that.
@@ -530,6 +606,11 @@ impl History {
                 }
             }
         }
+    }
+
+    /// The newest position observed.
+    fn last(&self) -> Option<Lsn> {
+        self.entries.back().map(|&(lsn, _)| lsn)
     }
 
     /// When the primary was first seen past `replayed`; `None` if it never was.
@@ -716,6 +797,128 @@ struct Seen {
     in_recovery: Option<bool>,
 }
 
+/// What the task remembers between rounds.
+#[derive(Debug)]
+struct TaskState {
+    history: History,
+    /// Per replica, for logging transitions.
+    seen: Vec<Seen>,
+    primary_seen: Option<bool>,
+}
+
+impl TaskState {
+    fn new(replicas: usize) -> Self {
+        TaskState {
+            history: History::default(),
+            seen: vec![Seen::default(); replicas],
+            primary_seen: None,
+        }
+    }
+}
+
+/// What the replicas' positions are measured against in one round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reference {
+    /// The primary answered this round with this position.
+    Answered(Lsn),
+    /// The primary did not answer; the highest position known to exist on it (its
+    /// last answer, or WAL a standby has received or replayed since).
+    LastKnown(Lsn),
+    /// The primary did not answer and never has: nothing to measure against.
+    Unknown,
+}
+
+/// Publish the primary's answer of a round started at `started`; its position, if
+/// it answered.
+fn publish_primary(
+    shared: &Shared,
+    state: &mut TaskState,
+    answer: Result<Lsn, String>,
+    started: Instant,
+) -> Option<Lsn> {
+    let cell = &shared.primary;
+    match answer {
+        Ok(lsn) => {
+            state.history.observe(lsn, started);
+            cell.lsn.store(Some(lsn.0));
+            if cell.last_error.load().is_some() {
+                cell.last_error.store(None);
+            }
+            cell.healthy.store(true, Ordering::Release);
+            if state.primary_seen == Some(false) {
+                tracing::info!(target: "diesel_rwsplit::monitor", primary = %cell.name, "primary answers again");
+            }
+            state.primary_seen = Some(true);
+            Some(lsn)
+        }
+        Err(message) => {
+            cell.healthy.store(false, Ordering::Release);
+            if state.primary_seen != Some(false) {
+                tracing::warn!(target: "diesel_rwsplit::monitor", primary = %cell.name, error = %message, "primary does not answer: replicas are judged against its last known position");
+            }
+            cell.last_error.store(Some(Arc::new(message)));
+            state.primary_seen = Some(false);
+            None
+        }
+    }
+}
+
+/// Publish the replicas' answers of a round started at `started` (answered by `now`).
+fn publish_replicas(
+    shared: &Shared,
+    state: &mut TaskState,
+    primary_lsn: Option<Lsn>,
+    samples: Vec<Result<ReplicaSample, String>>,
+    started: Instant,
+    now: Instant,
+    wall: SystemTime,
+) {
+    let reference = match (primary_lsn, state.history.last()) {
+        (Some(lsn), _) => Reference::Answered(lsn),
+        (None, None) => Reference::Unknown,
+        (None, Some(last)) => {
+            // WAL a standby holds was on the primary (it sends only what it has
+            // flushed): a primary that only the monitor cannot reach still shows
+            // its progress this way. Dated like a primary answer of this round.
+            let streamed = samples
+                .iter()
+                .filter_map(|s| s.as_ref().ok())
+                .filter(|s| s.in_recovery)
+                .flat_map(|s| [s.receive, s.replay])
+                .flatten()
+                .max();
+            let known = streamed.map_or(last, |s| s.max(last));
+            state.history.observe(known, started);
+            Reference::LastKnown(known)
+        }
+    };
+    for ((cell, sample), seen) in shared.replicas.iter().zip(samples).zip(&mut state.seen) {
+        record(
+            shared,
+            cell,
+            sample,
+            reference,
+            &state.history,
+            now,
+            wall,
+            seen,
+        );
+    }
+
+    // Forget primary positions every standby has replayed (an unreachable one
+    // keeps its last position; MAX_HISTORY bounds what it pins).
+    let oldest = shared
+        .replicas
+        .iter()
+        .filter(|c| !c.probed.load(Ordering::Acquire) || c.in_recovery.load(Ordering::Acquire))
+        .map(|c| c.replay_lsn.load())
+        .min()
+        .flatten();
+    if let Some(oldest) = oldest {
+        state.history.forget_up_to(Lsn(oldest));
+    }
+}
+
 async fn run(
     shared: Arc<Shared>,
     primary: NodeTarget,
@@ -728,72 +931,28 @@ async fn run(
         .into_iter()
         .map(|r| Prober::new(r, config.probe_timeout))
         .collect();
-    let mut seen = vec![Seen::default(); probers.len()];
-    let mut primary_seen: Option<bool> = None;
-    let mut history = History::default();
+    let mut state = TaskState::new(probers.len());
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         shared.rounds_started.fetch_add(1, Ordering::SeqCst);
         let started = Instant::now();
-
-        let primary_lsn = match primary.primary_lsn().await {
-            Ok(lsn) => {
-                history.observe(lsn, started);
-                let cell = &shared.primary;
-                cell.lsn.store(Some(lsn.0));
-                if cell.last_error.load().is_some() {
-                    cell.last_error.store(None);
-                }
-                cell.healthy.store(true, Ordering::Release);
-                if primary_seen == Some(false) {
-                    tracing::info!(target: "diesel_rwsplit::monitor", primary = %cell.name, "primary answers again");
-                }
-                primary_seen = Some(true);
-                Some(lsn)
-            }
-            Err(message) => {
-                let cell = &shared.primary;
-                cell.healthy.store(false, Ordering::Release);
-                if primary_seen != Some(false) {
-                    tracing::warn!(target: "diesel_rwsplit::monitor", primary = %cell.name, error = %message, "primary does not answer: replica lag cannot be measured");
-                }
-                cell.last_error.store(Some(Arc::new(message)));
-                primary_seen = Some(false);
-                None
-            }
-        };
-
+        // Published before the replicas are asked, so readers see the primary's state
+        // as soon as it is known.
+        let answer = primary.primary_lsn().await;
+        let primary_lsn = publish_primary(&shared, &mut state, answer, started);
         let samples =
             futures_util::future::join_all(probers.iter_mut().map(Prober::replica_sample)).await;
-        let now = Instant::now();
-        let wall = SystemTime::now();
-        for ((cell, sample), seen) in shared.replicas.iter().zip(samples).zip(&mut seen) {
-            record(
-                &shared,
-                cell,
-                sample,
-                primary_lsn,
-                &history,
-                now,
-                wall,
-                seen,
-            );
-        }
-
-        // Forget primary positions every standby has replayed (an unreachable one
-        // keeps its last position; MAX_HISTORY bounds what it pins).
-        let oldest = shared
-            .replicas
-            .iter()
-            .filter(|c| !c.probed.load(Ordering::Acquire) || c.in_recovery.load(Ordering::Acquire))
-            .map(|c| c.replay_lsn.load())
-            .min()
-            .flatten();
-        if let Some(oldest) = oldest {
-            history.forget_up_to(Lsn(oldest));
-        }
+        publish_replicas(
+            &shared,
+            &mut state,
+            primary_lsn,
+            samples,
+            started,
+            Instant::now(),
+            SystemTime::now(),
+        );
 
         let polls = shared.polls.fetch_add(1, Ordering::AcqRel) + 1;
         done.send_replace(polls);
@@ -805,7 +964,7 @@ fn record(
     shared: &Shared,
     cell: &ReplicaCell,
     sample: Result<ReplicaSample, String>,
-    primary_lsn: Option<Lsn>,
+    reference: Reference,
     history: &History,
     now: Instant,
     wall: SystemTime,
@@ -833,6 +992,7 @@ fn record(
         // Not a replica any more: never read from it as one.
         cell.in_recovery.store(false, Ordering::Release);
         cell.measured_at.store(None);
+        cell.outage_at.store(None);
         if seen.in_recovery != Some(false) {
             tracing::error!(target: "diesel_rwsplit::monitor", replica = %cell.name, "replica is not in recovery (promoted?): it no longer follows the primary and gets no reads");
         }
@@ -840,20 +1000,30 @@ fn record(
             "not in recovery (pg_is_in_recovery() is false): promoted, not a replica".to_owned(),
         ));
     } else {
-        // When the primary did not answer this round, or the standby has not replayed
-        // anything yet, the previous measurement ages and becomes stale.
-        if let (Some(primary), Some(replay)) = (primary_lsn, sample.replay) {
-            cell.replay_lag.store(Some(primary.bytes_ahead_of(replay)));
-            cell.receive_lag
-                .store(sample.receive.map(|r| primary.bytes_ahead_of(r)));
+        // A standby that has not replayed anything yet gets no measurement: the
+        // previous one ages and becomes stale.
+        let behind_since = |primary: Lsn, replay: Lsn| {
             let since = if replay >= primary {
                 None
             } else {
                 history.behind_since(replay)
             };
-            cell.behind_since
-                .store(since.map(|at| shared.since_base(at)));
-            cell.measured_at.store(Some(shared.since_base(now)));
+            since.map(|at| shared.since_base(at))
+        };
+        match (reference, sample.replay) {
+            (Reference::Answered(primary), Some(replay)) => {
+                cell.replay_lag.store(Some(primary.bytes_ahead_of(replay)));
+                cell.receive_lag
+                    .store(sample.receive.map(|r| primary.bytes_ahead_of(r)));
+                cell.behind_since.store(behind_since(primary, replay));
+                cell.measured_at.store(Some(shared.since_base(now)));
+            }
+            (Reference::LastKnown(known), Some(replay)) => {
+                cell.outage_lag.store(Some(known.bytes_ahead_of(replay)));
+                cell.outage_behind_since.store(behind_since(known, replay));
+                cell.outage_at.store(Some(shared.since_base(now)));
+            }
+            (Reference::Unknown, _) | (_, None) => {}
         }
         cell.in_recovery.store(true, Ordering::Release);
         cell.set_error(None);
@@ -876,7 +1046,8 @@ mod tests {
 
     fn shared_for_test(replicas: usize, stale_after: Duration) -> Arc<Shared> {
         Arc::new(Shared {
-            base: Instant::now(),
+            // Early enough for tests to date rounds in the past.
+            base: Instant::now() - Duration::from_secs(2 * 3600),
             stale_after,
             primary: PrimaryCell {
                 name: "primary".into(),
@@ -980,7 +1151,7 @@ mod tests {
             &shared,
             cell,
             standby(500),
-            Some(Lsn(500)),
+            Reference::Answered(Lsn(500)),
             &history,
             now,
             wall,
@@ -999,7 +1170,7 @@ mod tests {
             &shared,
             cell,
             standby(550),
-            Some(Lsn(600)),
+            Reference::Answered(Lsn(600)),
             &history,
             later,
             wall,
@@ -1019,7 +1190,7 @@ mod tests {
             &shared,
             cell,
             standby(600),
-            None,
+            Reference::Unknown,
             &history,
             later,
             wall,
@@ -1033,7 +1204,7 @@ mod tests {
             &shared,
             cell,
             Err("connect: refused".into()),
-            Some(Lsn(600)),
+            Reference::Answered(Lsn(600)),
             &history,
             later,
             wall,
@@ -1061,7 +1232,7 @@ mod tests {
             &shared,
             cell,
             promoted,
-            Some(Lsn(600)),
+            Reference::Answered(Lsn(600)),
             &history,
             later,
             wall,
@@ -1078,6 +1249,271 @@ mod tests {
             .contains("not in recovery"));
     }
 
+    /// A replica's answer in a hand-fed round.
+    #[derive(Debug, Clone, Copy)]
+    enum Answer {
+        Standby { receive: u64, replay: u64 },
+        Down,
+        Promoted { replay: u64 },
+    }
+    use Answer::{Down, Promoted, Standby};
+
+    const fn at(lsn: u64) -> Answer {
+        Standby {
+            receive: lsn,
+            replay: lsn,
+        }
+    }
+
+    impl Answer {
+        fn sample(self) -> Result<ReplicaSample, String> {
+            match self {
+                Standby { receive, replay } => Ok(ReplicaSample {
+                    in_recovery: true,
+                    receive: Some(Lsn(receive)),
+                    replay: Some(Lsn(replay)),
+                }),
+                Down => Err("connect: refused".into()),
+                Promoted { replay } => Ok(ReplicaSample {
+                    in_recovery: false,
+                    receive: None,
+                    replay: Some(Lsn(replay)),
+                }),
+            }
+        }
+    }
+
+    /// One hand-fed poll round.
+    struct Round {
+        /// When it started, in minutes before the checks.
+        minutes_ago: u64,
+        /// The primary's answer; `None`: it did not answer.
+        primary: Option<u64>,
+        /// Replica answers in index order; empty: the round has asked only the primary
+        /// so far.
+        replicas: &'static [Answer],
+    }
+
+    const fn round(minutes_ago: u64, primary: Option<u64>, replicas: &'static [Answer]) -> Round {
+        Round {
+            minutes_ago,
+            primary,
+            replicas,
+        }
+    }
+
+    /// `is_usable(replica, max bytes, max minutes)` must be `usable`.
+    struct Check(usize, Option<u64>, Option<u64>, bool);
+
+    struct Case {
+        name: &'static str,
+        rounds: &'static [Round],
+        checks: &'static [Check],
+    }
+
+    /// Measurements older than this are stale in every case.
+    const STALE_MINUTES: u64 = 30;
+    const MAX: Option<u64> = Some(u64::MAX);
+
+    const OUTAGE_CASES: &[Case] = &[
+        Case {
+            name: "primary answers, replicas caught up",
+            rounds: &[round(1, Some(1000), &[at(1000), at(1000)])],
+            checks: &[Check(0, Some(0), Some(0), true)],
+        },
+        Case {
+            name: "primary stopped: caught-up replicas keep serving past the staleness bound",
+            rounds: &[
+                round(40, Some(1000), &[at(1000), at(1000)]),
+                round(1, None, &[at(1000), at(1000)]),
+            ],
+            checks: &[
+                Check(0, Some(0), Some(0), true),
+                Check(1, Some(0), Some(0), true),
+            ],
+        },
+        Case {
+            name: "replicas past the last answer (the shutdown checkpoint) lack nothing",
+            rounds: &[
+                round(40, Some(1000), &[at(1000), at(1000)]),
+                round(1, None, &[at(1100), at(1100)]),
+            ],
+            checks: &[Check(0, Some(0), Some(0), true)],
+        },
+        Case {
+            name: "WAL another standby holds raises the last known position",
+            rounds: &[
+                round(40, Some(1000), &[at(1000), at(1000)]),
+                round(
+                    1,
+                    None,
+                    &[
+                        Standby {
+                            receive: 1100,
+                            replay: 1000,
+                        },
+                        at(1100),
+                    ],
+                ),
+            ],
+            checks: &[
+                Check(0, Some(100), None, true),
+                Check(0, Some(99), None, false),
+                // Behind since the outage round, one minute ago.
+                Check(0, None, Some(10), true),
+                Check(0, None, Some(0), false),
+                Check(1, Some(0), Some(0), true),
+            ],
+        },
+        Case {
+            name: "a primary only the monitor cannot reach: standbys show its progress",
+            rounds: &[
+                round(40, Some(1000), &[at(1000), at(1000)]),
+                round(1, None, &[at(1000), at(5000)]),
+            ],
+            checks: &[
+                Check(0, Some(100), None, false),
+                Check(0, Some(4000), None, true),
+                Check(0, None, Some(10), true),
+                Check(0, None, Some(0), false),
+                Check(1, Some(0), Some(0), true),
+            ],
+        },
+        Case {
+            name: "behind by more than the limit before the outage: still not usable",
+            rounds: &[
+                round(40, Some(1000), &[at(500), at(1000)]),
+                round(1, None, &[at(500), at(1000)]),
+            ],
+            checks: &[
+                Check(0, Some(100), None, false),
+                Check(0, Some(500), None, true),
+                // Lacks data the primary had 40 minutes ago.
+                Check(0, None, Some(10), false),
+                Check(0, None, Some(45), true),
+                Check(0, None, None, true),
+                Check(1, Some(0), Some(0), true),
+            ],
+        },
+        Case {
+            name: "replay progress during the outage counts",
+            rounds: &[
+                round(40, Some(1000), &[at(500), at(1000)]),
+                round(20, None, &[at(800), at(1000)]),
+                round(1, None, &[at(1000), at(1000)]),
+            ],
+            checks: &[Check(0, Some(0), Some(0), true)],
+        },
+        Case {
+            name: "the primary never answered: nothing bounds the replicas",
+            rounds: &[
+                round(2, None, &[at(1000), at(1000)]),
+                round(1, None, &[at(1000), at(1000)]),
+            ],
+            checks: &[
+                Check(0, MAX, None, false),
+                Check(0, None, MAX, false),
+                Check(0, None, None, true),
+            ],
+        },
+        Case {
+            name: "a replica down during the outage is not usable and raises nothing",
+            rounds: &[
+                round(40, Some(1000), &[at(1000), at(1000)]),
+                round(1, None, &[Down, at(1000)]),
+            ],
+            checks: &[
+                Check(0, None, None, false),
+                Check(0, MAX, MAX, false),
+                Check(1, Some(0), Some(0), true),
+            ],
+        },
+        Case {
+            name: "a node promoted during the outage is not usable and raises nothing",
+            rounds: &[
+                round(40, Some(1000), &[at(1000), at(1000)]),
+                round(1, None, &[Promoted { replay: 9000 }, at(1000)]),
+            ],
+            checks: &[
+                Check(0, None, None, false),
+                Check(1, Some(0), Some(0), true),
+            ],
+        },
+        Case {
+            name: "an outage measurement goes stale like any other",
+            rounds: &[
+                round(50, Some(1000), &[at(1000), at(1000)]),
+                round(STALE_MINUTES + 10, None, &[at(1000), at(1000)]),
+            ],
+            checks: &[Check(0, MAX, None, false), Check(0, None, None, true)],
+        },
+        Case {
+            name: "the primary is back: its measurement supersedes the outage one",
+            rounds: &[
+                round(40, Some(1000), &[at(500), at(1000)]),
+                round(20, None, &[at(1000), at(1000)]),
+                round(1, Some(9000), &[at(1000), at(9000)]),
+            ],
+            checks: &[
+                Check(0, Some(7999), None, false),
+                Check(0, Some(8000), None, true),
+                // Behind since the primary was first seen past 1000, a minute ago.
+                Check(0, None, Some(10), true),
+                Check(0, None, Some(0), false),
+                Check(1, Some(0), Some(0), true),
+            ],
+        },
+        Case {
+            name: "the primary is back, replicas not asked yet: the outage measurement stands",
+            rounds: &[
+                round(40, Some(1000), &[at(1000), at(1000)]),
+                round(20, None, &[at(1000), at(1000)]),
+                round(1, Some(9000), &[]),
+            ],
+            checks: &[Check(0, Some(0), Some(0), true)],
+        },
+    ];
+
+    #[tokio::test]
+    async fn replicas_are_judged_on_evidence_while_the_primary_does_not_answer() {
+        for case in OUTAGE_CASES {
+            let shared = shared_for_test(2, Duration::from_secs(STALE_MINUTES * 60));
+            let monitor = idle_monitor(Arc::clone(&shared));
+            let mut state = TaskState::new(2);
+            let checked_at = Instant::now();
+            for round in case.rounds {
+                let started = checked_at - Duration::from_secs(round.minutes_ago * 60);
+                let answer = round
+                    .primary
+                    .map(Lsn)
+                    .ok_or_else(|| "connect: refused".to_owned());
+                let primary = publish_primary(&shared, &mut state, answer, started);
+                if !round.replicas.is_empty() {
+                    let samples = round.replicas.iter().map(|a| a.sample()).collect();
+                    publish_replicas(
+                        &shared,
+                        &mut state,
+                        primary,
+                        samples,
+                        started,
+                        started,
+                        SystemTime::now(),
+                    );
+                }
+            }
+            for &Check(index, max_bytes, max_minutes, usable) in case.checks {
+                let max_lag = max_minutes.map(|m| Duration::from_secs(m.saturating_mul(60)));
+                assert_eq!(
+                    monitor.is_usable(index, max_bytes, max_lag),
+                    usable,
+                    "{}: replica {index}, max bytes {max_bytes:?}, max minutes {max_minutes:?}; {:#?}",
+                    case.name,
+                    monitor.status()
+                );
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_stale_measurement_is_unknown() {
         let shared = shared_for_test(1, Duration::from_millis(1));
@@ -1090,7 +1526,7 @@ mod tests {
             &shared,
             &shared.replicas[0],
             standby(10),
-            Some(Lsn(10)),
+            Reference::Answered(Lsn(10)),
             &history,
             now,
             SystemTime::now(),
@@ -1373,6 +1809,106 @@ mod cluster_tests {
             m.is_usable(0, Some(SMALL_LAG), None)
         })
         .await;
+    }
+
+    /// Wait for `rounds` more rounds after `stale` first holds, asserting `every_round`
+    /// after each round.
+    async fn for_rounds_past(
+        monitor: &Monitor,
+        rounds: usize,
+        stale: impl Fn(&Monitor) -> bool,
+        every_round: impl Fn(&Monitor),
+    ) {
+        let deadline = Instant::now() + WAIT;
+        let mut past = 0;
+        while past < rounds {
+            assert!(
+                Instant::now() < deadline,
+                "not reached within {WAIT:?}: {:#?}",
+                monitor.status()
+            );
+            monitor.wait_next_poll().await;
+            every_round(monitor);
+            if stale(monitor) {
+                past += 1;
+            }
+        }
+    }
+
+    /// The measurements taken while the primary answered are stale: the old rule
+    /// gave up on every replica with a limit from here on.
+    fn stale_without_primary(m: &Monitor) -> bool {
+        !m.primary_healthy() && (0..m.replica_count()).all(|i| m.lag_bytes(i).is_none())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn caught_up_replicas_keep_serving_reads_while_the_primary_is_down() {
+        let cluster = LocalCluster::start(2).await.unwrap();
+        let monitor = spawn(&cluster);
+        cluster.wait_for_replicas(WAIT).await.unwrap();
+        let usable = |m: &Monitor| (0..2).all(|i| m.is_usable(i, Some(SMALL_LAG), None));
+        until(&monitor, "both usable", usable).await;
+
+        cluster.stop_primary().await.unwrap();
+        until(&monitor, "primary down", |m| !m.primary_healthy()).await;
+        for_rounds_past(&monitor, 3, stale_without_primary, |m| {
+            assert!(usable(m), "during the outage: {:#?}", m.status());
+        })
+        .await;
+        for i in 0..2 {
+            // Both have replayed the shutdown checkpoint: they lack nothing.
+            assert!(
+                monitor.is_usable(i, Some(0), Some(Duration::ZERO)),
+                "{:#?}",
+                monitor.status()
+            );
+        }
+
+        cluster.start_primary().await.unwrap();
+        let measured = |m: &Monitor| {
+            m.primary_healthy() && (0..2).all(|i| m.lag_bytes(i).is_some_and(|b| b < SMALL_LAG))
+        };
+        for_rounds_past(&monitor, 2, measured, |m| {
+            assert!(usable(m), "after the restart: {:#?}", m.status());
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_behind_when_the_primary_stops_stays_unusable_until_it_replays() {
+        let cluster = LocalCluster::start(2).await.unwrap();
+        let primary = connect(&cluster.primary_url()).await;
+        let monitor = spawn(&cluster);
+        cluster.wait_for_replicas(WAIT).await.unwrap();
+        until(&monitor, "both caught up", |m| {
+            m.lag_bytes(0) == Some(0) && m.lag_bytes(1) == Some(0)
+        })
+        .await;
+        cluster.pause_replay(0).await.unwrap();
+        write_some_wal(&primary).await;
+        cluster.wait_for_replica(1, WAIT).await.unwrap();
+        until(&monitor, "replica 0 behind", |m| {
+            m.lag_bytes(0).is_some_and(|lag| lag > SMALL_LAG)
+        })
+        .await;
+
+        cluster.stop_primary().await.unwrap();
+        until(&monitor, "primary down", |m| !m.primary_healthy()).await;
+        for_rounds_past(&monitor, 3, stale_without_primary, |m| {
+            assert!(!m.is_usable(0, Some(SMALL_LAG), None), "{:#?}", m.status());
+            assert!(!m.is_usable(0, None, Some(Duration::ZERO)));
+            assert!(m.is_usable(0, None, None), "without a limit it serves");
+            assert!(m.is_usable(1, Some(SMALL_LAG), None), "{:#?}", m.status());
+        })
+        .await;
+
+        // It received everything before the primary stopped: replaying it is enough.
+        cluster.resume_replay(0).await.unwrap();
+        until(&monitor, "replica 0 replayed what it lacked", |m| {
+            m.is_usable(0, Some(SMALL_LAG), Some(Duration::ZERO))
+        })
+        .await;
+        assert!(!monitor.primary_healthy());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
