@@ -13,6 +13,10 @@
 //! 2. then every replica concurrently: `pg_is_in_recovery()`,
 //!    `pg_last_wal_receive_lsn()`, `pg_last_wal_replay_lsn()`.
 //!
+//! The connections use TCP keepalives (first probe after 10 s idle, then every 5 s,
+//! given up after 3), overriding the URL, so that a node that vanished without
+//! closing its sockets is noticed between rounds even with a long interval.
+//!
 //! Each probe (connect + query) is bounded by [`MonitorConfig::probe_timeout`]
 //! (default 1 s), so a frozen node cannot stall the loop: a round lasts at most two
 //! probe timeouts. The primary is asked first, so a replica is never reported behind
@@ -113,6 +117,13 @@ const MAX_HISTORY: usize = 8192;
 
 /// How long a closed-by-us connection may take to say goodbye to its server.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// TCP keepalive of the monitor's connections: first probe after this much silence,
+/// then every [`KEEPALIVE_INTERVAL`], the connection dropped after
+/// [`KEEPALIVE_RETRIES`] unanswered ones (a dead peer is noticed within 25 s).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_RETRIES: u32 = 3;
 
 /// Shortest interval and probe timeout accepted (zero would spin or always fail).
 const MIN_PERIOD: Duration = Duration::from_millis(1);
@@ -655,9 +666,18 @@ impl Prober {
     fn new(target: NodeTarget, timeout: Duration) -> Self {
         let config = tokio_postgres::Config::from_str(&target.url)
             .map(|mut config| {
+                // Keepalives whatever the URL says: they let the kernel notice a peer
+                // that vanished without a reset (host down, network cut) on a connection
+                // idle between rounds, so the next probe reconnects at once instead of
+                // spending its timeout on a dead socket, and they keep idle
+                // connections open through NAT and firewall idle timeouts.
                 config
                     .application_name(APPLICATION_NAME)
-                    .connect_timeout(timeout);
+                    .connect_timeout(timeout)
+                    .keepalives(true)
+                    .keepalives_idle(KEEPALIVE_IDLE)
+                    .keepalives_interval(KEEPALIVE_INTERVAL)
+                    .keepalives_retries(KEEPALIVE_RETRIES);
                 config
             })
             .map_err(|_| "invalid connection URL".to_owned());
@@ -1588,6 +1608,22 @@ mod tests {
             NodeTarget::new("n", "postgres://u:s3cretpw@h/d")
         );
         assert!(!debug.contains("s3cretpw"), "{debug}");
+    }
+
+    #[test]
+    fn probes_use_short_keepalives_whatever_the_url_says() {
+        let prober = Prober::new(
+            NodeTarget::new(
+                "n",
+                "host=127.0.0.1 user=u keepalives=0 keepalives_idle=7200",
+            ),
+            Duration::from_secs(1),
+        );
+        let config = prober.config.unwrap();
+        assert!(config.get_keepalives());
+        assert_eq!(config.get_keepalives_idle(), KEEPALIVE_IDLE);
+        assert_eq!(config.get_keepalives_interval(), Some(KEEPALIVE_INTERVAL));
+        assert_eq!(config.get_keepalives_retries(), Some(KEEPALIVE_RETRIES));
     }
 
     #[tokio::test]
