@@ -301,6 +301,7 @@ mod tests {
             Error::Node {
                 node: "replica1 (db.internal:5433)".into(),
                 step: crate::NodeStep::Checkout,
+                kind: crate::FailureKind::Authentication,
                 source: "password authentication failed for user \"app\"".into(),
             },
         );

@@ -1,6 +1,7 @@
 //! The crate's one error type.
 
 use std::fmt;
+#[cfg(feature = "testing")]
 use std::path::PathBuf;
 
 /// A boxed error from a lower layer (I/O, the PostgreSQL driver, a child process).
@@ -36,15 +37,42 @@ pub enum Error {
     },
 
     /// A node could not be connected to or checked out of its pool.
-    #[error("{node}: {step} failed")]
+    #[error("{node}: {step} failed: {kind}")]
     Node {
         /// `primary` or `replicaN`, with its host and port (never a password).
         node: String,
         /// What was being done.
         step: NodeStep,
+        /// What kind of failure it was (decided by SQLSTATE and I/O error kind).
+        kind: FailureKind,
         /// Why it failed.
         #[source]
         source: BoxError,
+    },
+
+    /// The primary could not be checked out within the primary checkout timeout:
+    /// a write (or a read that needed the primary) could not run. Nothing was sent.
+    /// Reads on replicas go on meanwhile.
+    #[error("{node}: the primary is unavailable: {kind}")]
+    PrimaryUnavailable {
+        /// `primary (host:port)`.
+        node: String,
+        /// What kind of failure it was.
+        kind: FailureKind,
+        /// The last failure seen while waiting (a connect error), or the timeout.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A replica read did not answer within its client-side bound (the replica
+    /// statement timeout plus a grace period): the session was discarded (a cancel
+    /// request was sent) and the replica is suspected.
+    #[error("{node}: no answer to a read within {timeout:?}; the session was discarded")]
+    ReadTimedOut {
+        /// `replicaN (host:port)`.
+        node: String,
+        /// The client-side bound that passed.
+        timeout: std::time::Duration,
     },
 
     /// A replica-first connection was asked for, every replica is ejected or
@@ -60,6 +88,7 @@ pub enum Error {
     InvalidConfig(String),
 
     /// The PostgreSQL server binaries (`initdb`, `postgres`, `pg_basebackup`) were not found.
+    #[cfg(feature = "testing")]
     #[error("{}", binaries_not_found_message(searched))]
     PgBinariesNotFound {
         /// Every place that was searched, in order.
@@ -67,6 +96,7 @@ pub enum Error {
     },
 
     /// A step of starting, driving or stopping a local test cluster failed on one node.
+    #[cfg(feature = "testing")]
     #[error("local cluster: {step} failed on {node}")]
     Cluster {
         /// `primary`, `replica1`, `replica2`, ... or `cluster` for the whole.
@@ -79,6 +109,7 @@ pub enum Error {
     },
 
     /// `rwsplit cluster up` was pointed at a directory that already holds a cluster or other files.
+    #[cfg(feature = "testing")]
     #[error("cluster directory {} is in use (it is not empty); pick another --dir or run `rwsplit cluster down --dir` on it", dir.display())]
     ClusterDirInUse {
         /// The directory.
@@ -86,6 +117,7 @@ pub enum Error {
     },
 
     /// No local cluster is running in the given directory.
+    #[cfg(feature = "testing")]
     #[error("no local cluster is running in {}", dir.display())]
     ClusterNotRunning {
         /// The directory.
@@ -93,6 +125,7 @@ pub enum Error {
     },
 
     /// A replica index passed to a local-cluster method is out of range.
+    #[cfg(feature = "testing")]
     #[error("replica #{index} does not exist: the cluster has {replicas} replica(s)")]
     NoSuchReplica {
         /// The index asked for (zero-based).
@@ -110,6 +143,80 @@ pub enum Error {
     },
 }
 
+/// What kind of failure a node had: decided from SQLSTATEs and I/O error kinds,
+/// never from message text. Everything but [`FailureKind::Saturated`] is evidence
+/// against the node itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// Every connection was busy for the whole checkout timeout while the server
+    /// answered (or it refused a session for too many connections, SQLSTATE 53300):
+    /// busy, not dead. A replica is never ejected for it.
+    Saturated,
+    /// The host refused, reset or could not route the connection.
+    Refused,
+    /// No answer within the connect timeout (a hung or frozen host), or a pooled
+    /// session that did not answer its validation in time.
+    NoAnswer,
+    /// The server is shutting down, starting up or in recovery without hot
+    /// standby (SQLSTATE 57P01-57P03), or a session was lost (class 08).
+    NotAccepting,
+    /// The server refused the credentials (SQLSTATE 28000, 28P01).
+    Authentication,
+    /// TLS could not be negotiated or verified.
+    Tls,
+    /// The server answered the session set-up with another error (e.g. a database
+    /// that does not exist, SQLSTATE 3D000).
+    Server,
+    /// Anything else (an I/O error of another kind).
+    Other,
+}
+
+impl FailureKind {
+    /// Whether this is evidence that the node cannot serve sessions (everything but saturation).
+    pub fn is_node_failure(self) -> bool {
+        self != FailureKind::Saturated
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailureKind::Saturated => "every connection busy (saturated)",
+            FailureKind::Refused => "connection refused or reset",
+            FailureKind::NoAnswer => "no answer in time",
+            FailureKind::NotAccepting => "server not accepting sessions",
+            FailureKind::Authentication => "authentication failed",
+            FailureKind::Tls => "TLS failed",
+            FailureKind::Server => "server error during session set-up",
+            FailureKind::Other => "connection failed",
+        })
+    }
+}
+
+/// The crate's own [`Error`] inside a diesel error, if there is one: an interlock
+/// refusal, an unavailable primary, a read that timed out on the client.
+/// Statements of a [`SwitchableConnection`](crate::SwitchableConnection) return
+/// these as `diesel::result::Error::QueryBuilderError` (the only diesel variant
+/// that carries a typed error); nothing was sent to the database for them.
+///
+/// ```
+/// # use diesel_rwsplit::{rwsplit_error, Error, FailureKind};
+/// let failed = diesel::result::Error::QueryBuilderError(Box::new(Error::PrimaryUnavailable {
+///     node: "primary (127.0.0.1:5432)".into(),
+///     kind: FailureKind::Refused,
+///     source: "connection refused".into(),
+/// }));
+/// assert!(matches!(rwsplit_error(&failed), Some(Error::PrimaryUnavailable { .. })));
+/// assert!(rwsplit_error(&diesel::result::Error::NotFound).is_none());
+/// ```
+pub fn rwsplit_error(error: &diesel::result::Error) -> Option<&Error> {
+    match error {
+        diesel::result::Error::QueryBuilderError(inner) => inner.downcast_ref::<Error>(),
+        _ => None,
+    }
+}
+
 /// What was being done with a node when it failed (see [`Error::Node`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -122,6 +229,8 @@ pub enum NodeStep {
     Validate,
     /// Checking a connection out of its pool (connecting, or waiting for one).
     Checkout,
+    /// Opening a fresh session to see whether a suspected or ejected node answers.
+    Probe,
 }
 
 impl fmt::Display for NodeStep {
@@ -131,11 +240,13 @@ impl fmt::Display for NodeStep {
             NodeStep::Connect => "reaching the host",
             NodeStep::Validate => "validating a pooled connection",
             NodeStep::Checkout => "checking out a connection",
+            NodeStep::Probe => "probing with a new session",
         })
     }
 }
 
 /// The step of a local cluster's life that failed (see [`Error::Cluster`]).
+#[cfg(feature = "testing")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClusterStep {
@@ -173,6 +284,7 @@ pub enum ClusterStep {
     State,
 }
 
+#[cfg(feature = "testing")]
 impl fmt::Display for ClusterStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -196,6 +308,7 @@ impl fmt::Display for ClusterStep {
     }
 }
 
+#[cfg(feature = "testing")]
 fn binaries_not_found_message(searched: &[String]) -> String {
     let mut message = String::from(
         "PostgreSQL server binaries (initdb, postgres, pg_basebackup) not found. Searched:\n",

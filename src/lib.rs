@@ -120,18 +120,56 @@
 //! `BEGIN`), and anything it cannot parse. It cannot know what the application's
 //! own functions do: `SELECT my_function()` goes to a replica unless declared with
 //! [`classify::ClassifierBuilder::write_function`]. Replica sessions are read-only at
-//! the server as a second line of defence: such a write fails with SQLSTATE 25006
-//! instead of landing on a replica.
+//! the server as a second line of defence: such a write is refused with SQLSTATE
+//! 25006 instead of landing on a replica, and in `Switch` mode runs again on the
+//! primary (see "Failure behaviour").
 //!
 //! ## Failure behaviour
 //!
-//! - A replica that fails to connect, or whose connection breaks, is ejected with
-//!   exponential backoff and probed until it answers; reads go to the other
-//!   replicas, then to the primary (counted), or fail with
-//!   [`Error::NoReplicaAvailable`] if fallback is off. The primary is never ejected.
-//! - A read that fails at the connection level before any row came back is retried
-//!   once on another node (counted); a write is never retried.
-//! - Errors name the node and the step (never a password) and chain their causes.
+//! - **Start-up degrades.** A replica unreachable at [`SwitchablePoolBuilder::build`]
+//!   starts out of rotation and is probed until it serves a session. An unreachable
+//!   primary fails the build with [`Error::Node`] unless
+//!   [`SwitchablePoolBuilder::require_primary_at_build`] is `false` (reads-only start).
+//! - **Busy is not dead.** A replica checkout that waits its whole timeout while the
+//!   replica answers is *saturation* ([`StatsSnapshot::replica_saturations`]): the
+//!   next replica is tried, then the primary (counted), never an ejection. A replica
+//!   is ejected on evidence of a dead node: a new session refused, reset, not
+//!   answered within the connect timeout, or refused because the server is shutting
+//!   down or starting up (SQLSTATE 57P01-57P03), or bad credentials. One lost session
+//!   (a `pg_terminate_backend`, an `idle_session_timeout`) only makes the replica
+//!   *suspect*: one new session is opened to decide. Ejected replicas are probed
+//!   with exponential backoff and re-admitted when they answer. The primary is
+//!   never ejected. Errors are classified by SQLSTATE (through diesel's error kinds)
+//!   and I/O error kinds, never by message text; see [`FailureKind`].
+//! - **Read retry.** A read whose session was lost, or that a hot standby cancelled
+//!   for a recovery conflict, before any row came back is run once more on another
+//!   replica or the primary (counted); a write is never retried.
+//! - **A hung replica cannot hold a read.** With
+//!   [`SwitchablePoolBuilder::replica_statement_timeout`], a replica read that has no
+//!   first row after that timeout plus [`REPLICA_READ_GRACE`] is given up on: a
+//!   cancel request is sent, the session discarded, the replica suspected, and the
+//!   read retried elsewhere. Every session the crate opens has TCP keepalives on.
+//! - **A primary outage is not a read outage.** Reads stay on the replicas; writes
+//!   fail after [`SwitchablePoolBuilder::primary_checkout_timeout`] with
+//!   [`Error::PrimaryUnavailable`], which says why (refused, no answer, ...).
+//! - **Self-healing misroutes.** A statement a replica refuses as a write
+//!   (SQLSTATE 25006: a function of yours that writes, an extension the classifier
+//!   does not know) runs again on the primary in `Switch` mode, counted under
+//!   [`SwitchReason::ReplicaRefused`] with its fingerprint (it shows in the audit
+//!   report); later statements with that fingerprint go to the primary directly.
+//!   Re-running it is safe: a read-only session refuses a write before doing any
+//!   of it. `Raise` mode returns the error. (This needs the statement rendered to
+//!   owned data, as read retry does: with `read_retry(false)` and no replica
+//!   statement timeout the error is returned.) Declare such functions with
+//!   [`classify::ClassifierBuilder::write_function`] to save the round trip.
+//! - **Cancellation.** Every future of the crate can be dropped at any await point:
+//!   nodes are swapped only once the new one is in hand, counters are kept by drop
+//!   guards, and a session in an unknown state is marked broken so that its pool
+//!   discards it.
+//! - **Errors** name the node and the step (never a password) and chain their
+//!   causes. A statement's own failures of the crate (an unavailable primary, a read
+//!   timed out on the client, an interlock refusal) come inside
+//!   `diesel::result::Error::QueryBuilderError`; [`rwsplit_error`] gets them out.
 //!
 //! ## Sizing the pools
 //!
@@ -189,7 +227,8 @@ pub mod testing;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::connection::{
-        LoadFut, NodeConnection, NodePool, NodePoolSettings, RowStream, SqlText,
+        LoadFut, NodeConnection, NodeFailure, NodePool, NodePoolSettings, RowStream, SqlText,
+        StatementFailure,
     };
 }
 
@@ -197,10 +236,14 @@ pub use connection::{
     interlock_refusal, InterlockMode, PgRow, SwitchTarget, SwitchTransactionManager,
     SwitchableConnection,
 };
-pub use error::{BoxError, ClusterStep, Error, NodeStep, Result};
+#[cfg(feature = "testing")]
+pub use error::ClusterStep;
+pub use error::{rwsplit_error, BoxError, Error, FailureKind, NodeStep, Result};
 pub use lsn::{Lsn, ParseLsnError};
 pub use manager::SwitchableManager;
-pub use pool::{Balance, PooledConnection, SwitchablePool, SwitchablePoolBuilder};
+pub use pool::{
+    Balance, PooledConnection, SwitchablePool, SwitchablePoolBuilder, REPLICA_READ_GRACE,
+};
 pub use report::{AuditEntry, AuditReport};
 pub use route::{Route, SwitchReason, Target};
 pub use stats::{CausalOutcome, FingerprintCount, StatsSnapshot};

@@ -84,6 +84,7 @@ impl<C: SwitchTarget> bb8::ManageConnection for SwitchableManager<C> {
             .map_err(|e| Error::Node {
                 node: "pooled switchable connection".into(),
                 step: NodeStep::Validate,
+                kind: crate::FailureKind::NotAccepting,
                 source: Box::new(e),
             })
     }

@@ -293,6 +293,18 @@ impl StatsSnapshot {
             "counter",
             single(readmissions),
         );
+        family(
+            "rwsplit_replica_saturations_total",
+            "Replica checkouts that timed out on a busy replica that answers (never an ejection).",
+            "counter",
+            single(self.replica_saturations()),
+        );
+        family(
+            "rwsplit_read_timeouts_total",
+            "Replica reads that ran past their client-side bound; the session was discarded.",
+            "counter",
+            single(self.read_timeouts()),
+        );
         out
     }
 }

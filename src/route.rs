@@ -68,11 +68,15 @@ pub enum SwitchReason {
     Rule,
     /// Empty, unterminated or otherwise unparseable input: doubtful, so the primary.
     Unknown,
+    /// A replica refused the statement as a write (SQLSTATE 25006: a user function
+    /// that writes, an extension the classifier does not know); it was run again on
+    /// the primary, and statements with the same fingerprint now go there directly.
+    ReplicaRefused,
 }
 
 impl SwitchReason {
     /// Every reason, in declaration order (for counters and reports).
-    pub const ALL: [SwitchReason; 11] = [
+    pub const ALL: [SwitchReason; 12] = [
         SwitchReason::WriteStatement,
         SwitchReason::LockingRead,
         SwitchReason::SideEffectFunction,
@@ -84,6 +88,7 @@ impl SwitchReason {
         SwitchReason::Explicit,
         SwitchReason::Rule,
         SwitchReason::Unknown,
+        SwitchReason::ReplicaRefused,
     ];
 
     /// Stable snake-case name, as printed by the CLI and used in metric labels.
@@ -100,6 +105,7 @@ impl SwitchReason {
             SwitchReason::Explicit => "explicit",
             SwitchReason::Rule => "rule",
             SwitchReason::Unknown => "unknown",
+            SwitchReason::ReplicaRefused => "replica_refused",
         }
     }
 

@@ -2,8 +2,9 @@
 //! mode, the verdict cache and the counters.
 
 use std::any::TypeId;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -11,6 +12,7 @@ use arc_swap::ArcSwap;
 use crate::classify::{Classifier, Verdict};
 use crate::connection::{InterlockMode, SqlText, SwitchTarget};
 use crate::stats::Stats;
+use crate::SwitchReason;
 
 /// How many distinct static query types the verdict cache keeps. Static query ids
 /// are Rust types, so a program has a bounded number; the cap guards against
@@ -60,6 +62,13 @@ pub(crate) struct Router<C: SwitchTarget> {
     verdicts: ArcSwap<TypeMap>,
     pub(crate) render_ctx: C::RenderCtx,
     pub(crate) stats: Stats,
+    /// Client-side bound on a replica read (until its first row).
+    pub(crate) replica_read_timeout: Option<std::time::Duration>,
+    /// Fingerprint hashes of statements a replica refused as writes (25006).
+    refused: ArcSwap<HashSet<u64>>,
+    /// `refused` is not empty: checked before any fingerprint is computed, so
+    /// that the remembering costs nothing until a replica has refused something.
+    any_refused: AtomicBool,
 }
 
 impl<C: SwitchTarget> std::fmt::Debug for Router<C> {
@@ -72,7 +81,12 @@ impl<C: SwitchTarget> std::fmt::Debug for Router<C> {
 }
 
 impl<C: SwitchTarget> Router<C> {
-    pub(crate) fn new(classifier: Classifier, mode: InterlockMode, read_retry: bool) -> Arc<Self> {
+    pub(crate) fn new(
+        classifier: Classifier,
+        mode: InterlockMode,
+        read_retry: bool,
+        replica_read_timeout: Option<std::time::Duration>,
+    ) -> Arc<Self> {
         Arc::new(Router {
             classifier,
             mode,
@@ -80,7 +94,40 @@ impl<C: SwitchTarget> Router<C> {
             verdicts: ArcSwap::from_pointee(TypeMap::default()),
             render_ctx: Default::default(),
             stats: Stats::default(),
+            replica_read_timeout,
+            refused: ArcSwap::from_pointee(HashSet::new()),
+            any_refused: AtomicBool::new(false),
         })
+    }
+
+    /// The classifier's verdict, unless a replica already refused a statement with
+    /// this fingerprint: then the primary, without the round trip to the replica.
+    pub(crate) fn remembered(&self, verdict: Verdict, sql: &str) -> Verdict {
+        if verdict != Verdict::Replica || !self.any_refused.load(Ordering::Acquire) {
+            return verdict;
+        }
+        let hash = self.classifier.fingerprint(sql).hash();
+        if self.refused.load().contains(&hash) {
+            Verdict::Primary(SwitchReason::ReplicaRefused)
+        } else {
+            verdict
+        }
+    }
+
+    /// Remember that a replica refused a statement with this fingerprint. Cached
+    /// verdicts are forgotten (every time: a replica verdict cached by a statement
+    /// judged just before the first refusal must not survive it), so that every
+    /// query type is judged once more against what is remembered.
+    pub(crate) fn remember_refused(&self, hash: u64) {
+        if !self.refused.load().contains(&hash) {
+            self.refused.rcu(|current| {
+                let mut next = HashSet::clone(current);
+                next.insert(hash);
+                next
+            });
+        }
+        self.any_refused.store(true, Ordering::Release);
+        self.verdicts.store(Arc::new(TypeMap::default()));
     }
 
     /// The cached verdict of a static query type, and its shared SQL.

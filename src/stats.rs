@@ -62,6 +62,8 @@ pub(crate) struct Stats {
     read_retries: AtomicU64,
     ejections: AtomicU64,
     readmissions: AtomicU64,
+    replica_saturations: AtomicU64,
+    read_timeouts: AtomicU64,
     causal: [AtomicU64; 3],
     session_window_reads: AtomicU64,
     top: TopFingerprints,
@@ -159,6 +161,16 @@ impl Stats {
         bump(&self.readmissions);
     }
 
+    /// A replica checkout waited its whole timeout while the replica answered: busy, not dead.
+    pub(crate) fn record_replica_saturation(&self) {
+        bump(&self.replica_saturations);
+    }
+
+    /// A replica read ran past its client-side bound; its session was discarded.
+    pub(crate) fn record_read_timeout(&self) {
+        bump(&self.read_timeouts);
+    }
+
     /// A replica-first checkout was served by the primary because no replica answered.
     pub(crate) fn record_replica_fallback(&self) {
         bump(&self.replica_fallbacks);
@@ -181,6 +193,8 @@ impl Stats {
             read_retries: read(&self.read_retries),
             ejections: read(&self.ejections),
             readmissions: read(&self.readmissions),
+            replica_saturations: read(&self.replica_saturations),
+            read_timeouts: read(&self.read_timeouts),
             causal: std::array::from_fn(|i| read(&self.causal[i])),
             session_window_reads: read(&self.session_window_reads),
             fingerprints: self.top.entries(),
@@ -206,6 +220,8 @@ pub struct StatsSnapshot {
     read_retries: u64,
     ejections: u64,
     readmissions: u64,
+    replica_saturations: u64,
+    read_timeouts: u64,
     causal: [u64; 3],
     session_window_reads: u64,
     fingerprints: Vec<FingerprintCount>,
@@ -269,10 +285,23 @@ impl StatsSnapshot {
         self.read_retries
     }
 
-    /// Times a replica was ejected from rotation (failed to connect, or its
-    /// connection broke), and times an ejected replica was re-admitted.
+    /// Times a replica was ejected from rotation (it refused or did not answer new
+    /// sessions: the evidence of a dead node), and times an ejected replica was re-admitted.
     pub fn ejections(&self) -> (u64, u64) {
         (self.ejections, self.readmissions)
+    }
+
+    /// Replica checkouts that waited their whole checkout timeout because every
+    /// connection of the replica was busy while the replica itself answered:
+    /// saturation, counted apart from failures and never a reason to eject.
+    pub fn replica_saturations(&self) -> u64 {
+        self.replica_saturations
+    }
+
+    /// Replica reads that ran past their client-side bound (the replica statement
+    /// timeout plus a grace period): the session was discarded and the node suspected.
+    pub fn read_timeouts(&self) -> u64 {
+        self.read_timeouts
     }
 
     /// Causal reads (`get_after`) served each way.

@@ -266,17 +266,27 @@ async fn bad_configurations_are_typed_errors_naming_the_node() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
-    let started = Instant::now();
-    let err = SwitchablePool::<AsyncPgConnection>::builder()
+    // An unreachable replica does not fail the build: it starts out of rotation.
+    let pool = SwitchablePool::<AsyncPgConnection>::builder()
         .primary(cluster.primary_url())
         .replicas(["postgres://u:pw@127.0.0.1:1/db"])
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(pool.replica_admitted(), vec![false]);
+    // An unreachable primary does, naming it without the password.
+    let started = Instant::now();
+    let err = SwitchablePool::<AsyncPgConnection>::builder()
+        .primary("postgres://u:pw@127.0.0.1:1/db")
+        .replicas(cluster.replica_urls())
         .build()
         .await
         .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(
-        matches!(&err, Error::Node { node, .. } if node == "replica1 (127.0.0.1:1)"),
+        matches!(&err, Error::Node { node, .. } if node == "primary (127.0.0.1:1)"),
         "{err:?}"
     );
     assert!(!format!("{err:?}").contains("pw"));
+    assert!(!err.to_string().contains("pw"));
 }

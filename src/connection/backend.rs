@@ -15,14 +15,44 @@
 
 use diesel::query_builder::{AsQuery, QueryFragment, QueryId};
 use diesel::QueryResult;
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncConnection, AsyncConnectionCore, AsyncPgConnection};
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt, TryFutureExt};
 
+use super::node::{NodeFailure, NodePoolSettings};
 use super::owned_pg::{self, OidCache, RenderedPg};
 use crate::classify::Dialect;
+use crate::FailureKind;
+
+/// How long a best-effort cancel request may take before it is given up.
+const CANCEL_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// TCP keepalives on every session the crate opens: a peer that vanished (a host
+/// that lost power, a dropped route) is noticed after about idle + 3 x interval
+/// instead of the kernel's two hours. A frozen server whose kernel still answers
+/// is caught by the client-side read bound instead.
+pub(crate) const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const KEEPALIVE_RETRIES: u32 = 3;
+
+/// What a failed statement says about its session and its node; decided by
+/// diesel's error kind (itself derived from the SQLSTATE) and the session's state,
+/// never by message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementFailure {
+    /// The session is gone (closed, reset, terminated): the statement may or may
+    /// not have run; a read may run elsewhere.
+    SessionLost,
+    /// A hot standby cancelled the read for a recovery conflict: the node is
+    /// fine, the read may run elsewhere.
+    RecoveryConflict,
+    /// The server refused it as a write in a read-only session (SQLSTATE 25006): it
+    /// did not run.
+    ReadOnlyRefused,
+    /// The statement's own error (a missing table, a bad cast, ...).
+    Other,
+}
 
 /// The row type a `SwitchableConnection<AsyncPgConnection>` yields (diesel-async's
 /// `PgRow`, which is only nameable through this projection).
@@ -59,49 +89,6 @@ mod sealed {
     impl Sealed for diesel_async::AsyncPgConnection {}
 }
 
-/// An inner connection checked out of a node's pool (or owned).
-pub type NodeConnection<C> = Box<dyn std::ops::DerefMut<Target = C> + Send + Sync>;
-
-/// One node's pool of inner connections: hidden plumbing between
-/// [`SwitchTarget`] and the switchable pool.
-#[doc(hidden)]
-pub trait NodePool<C>: Send + Sync + 'static {
-    /// Check a connection out (connecting if needed, within the checkout timeout).
-    fn checkout(&self) -> BoxFuture<'_, Result<NodeConnection<C>, crate::BoxError>>;
-}
-
-impl NodePool<AsyncPgConnection> for bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>> {
-    fn checkout(
-        &self,
-    ) -> BoxFuture<'_, Result<NodeConnection<AsyncPgConnection>, crate::BoxError>> {
-        async move {
-            match self.get_owned().await {
-                Ok(conn) => Ok(Box::new(conn) as NodeConnection<AsyncPgConnection>),
-                Err(e) => Err(e.to_string().into()),
-            }
-        }
-        .boxed()
-    }
-}
-
-/// How to build one node's pool (hidden plumbing).
-#[doc(hidden)]
-#[derive(Debug, Clone)]
-pub struct NodePoolSettings {
-    /// Connection URL.
-    pub url: String,
-    /// SQL run on every new connection (read-only session, statement timeout); may be empty.
-    pub session_sql: String,
-    /// Pool size.
-    pub max_size: u32,
-    /// Bound on establishing one connection.
-    pub connect_timeout: std::time::Duration,
-    /// Bound on a checkout, waiting included.
-    pub checkout_timeout: std::time::Duration,
-    /// Retry failed connects within the checkout timeout (primary) or fail fast (replicas).
-    pub retry_connect: bool,
-}
-
 /// A diesel-async connection type that [`SwitchableConnection`](super::SwitchableConnection)
 /// can split over: implemented for `AsyncPgConnection` (sealed; MySQL is planned).
 ///
@@ -128,10 +115,26 @@ pub trait SwitchTarget: sealed::Sealed + AsyncConnection + Sync + 'static {
     #[doc(hidden)]
     fn statement_timeout_sql(timeout: std::time::Duration) -> String;
 
-    /// A bb8 pool of this connection type for one node; `session_sql` runs on every
-    /// new connection.
+    /// One new session to a node: TCP keepalives on, `session_sql` run. Failures
+    /// are typed from the driver's SQLSTATE and I/O error kind.
     #[doc(hidden)]
-    fn node_pool(settings: NodePoolSettings) -> std::sync::Arc<dyn NodePool<Self>>;
+    fn connect_node(settings: &NodePoolSettings) -> BoxFuture<'_, Result<Self, NodeFailure>>;
+
+    /// A cancel request for whatever the session runs now, to send when a read is
+    /// given up on (`None` if the backend cannot cancel).
+    #[doc(hidden)]
+    fn cancel_request(conn: &Self) -> Option<BoxFuture<'static, ()>>;
+
+    /// What a statement's error says (see [`StatementFailure`]). A connection-level
+    /// error is always `SessionLost`; a server error that is not one of the typed
+    /// kinds is `Other` here, and the caller asks the session whether it still
+    /// lives before deciding.
+    #[doc(hidden)]
+    fn statement_failure(error: &diesel::result::Error) -> StatementFailure;
+
+    /// The SQL text of a rendering (for fingerprints).
+    #[doc(hidden)]
+    fn rendered_sql(rendered: &Self::Rendered) -> &str;
 
     #[doc(hidden)]
     /// One row type for both paths (direct delegation and owned execution).
@@ -178,11 +181,6 @@ pub trait SwitchTarget: sealed::Sealed + AsyncConnection + Sync + 'static {
         rendered: &'c mut Self::Rendered,
         ctx: &'c Self::RenderCtx,
     ) -> BoxFuture<'c, QueryResult<RowStream<'static, Self::OwnedRow>>>;
-
-    /// Whether a failed read may be retried on another node: the connection or the
-    /// server went away, or a hot standby cancelled it for a recovery conflict.
-    #[doc(hidden)]
-    fn is_retryable_read_error(error: &diesel::result::Error) -> bool;
 
     /// Run owned SQL + binds, yielding the affected row count.
     fn execute_rendered<'c>(
@@ -289,45 +287,73 @@ impl SwitchTarget for AsyncPgConnection {
     type OwnedRow = PgRow;
     type Rendered = RenderedPg;
 
-    fn node_pool(settings: NodePoolSettings) -> std::sync::Arc<dyn NodePool<Self>> {
-        let NodePoolSettings {
-            url,
-            session_sql,
-            max_size,
-            connect_timeout,
-            checkout_timeout,
-            retry_connect,
-        } = settings;
-        let mut config = ManagerConfig::<Self>::default();
-        config.custom_setup = Box::new(move |url: &str| {
-            let url = url.to_owned();
-            let session_sql = session_sql.clone();
-            async move {
-                let connect = AsyncPgConnection::establish(&url);
-                let mut conn = tokio::time::timeout(connect_timeout, connect)
-                    .await
-                    .map_err(|_| {
-                        diesel::ConnectionError::BadConnection(format!(
-                            "no connection within the connect timeout of {connect_timeout:?}"
-                        ))
-                    })??;
-                if !session_sql.is_empty() {
-                    diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, &session_sql)
-                        .await
-                        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-                }
-                Ok(conn)
+    fn connect_node(settings: &NodePoolSettings) -> BoxFuture<'_, Result<Self, NodeFailure>> {
+        async move {
+            let mut config = settings
+                .url
+                .parse::<tokio_postgres::Config>()
+                .map_err(|e| NodeFailure::new(FailureKind::Other, Box::new(e)))?;
+            config
+                .connect_timeout(settings.connect_timeout)
+                .keepalives(true)
+                .keepalives_idle(KEEPALIVE_IDLE)
+                .keepalives_interval(KEEPALIVE_INTERVAL)
+                .keepalives_retries(KEEPALIVE_RETRIES);
+            let (client, connection) = config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(pg_connect_failure)?;
+            let mut conn = AsyncPgConnection::try_from_client_and_connection(client, connection)
+                .await
+                .map_err(|e| NodeFailure::new(FailureKind::Server, Box::new(e)))?;
+            if !settings.session_sql.is_empty() {
+                diesel_async::SimpleAsyncConnection::batch_execute(
+                    &mut conn,
+                    &settings.session_sql,
+                )
+                .await
+                .map_err(|e| NodeFailure::new(FailureKind::Server, Box::new(e)))?;
             }
-            .boxed()
-        });
-        let manager = AsyncDieselConnectionManager::<Self>::new_with_config(url, config);
-        std::sync::Arc::new(
-            bb8::Pool::builder()
-                .max_size(max_size)
-                .connection_timeout(checkout_timeout)
-                .retry_connection(retry_connect)
-                .build_unchecked(manager),
+            Ok(conn)
+        }
+        .boxed()
+    }
+
+    fn cancel_request(conn: &Self) -> Option<BoxFuture<'static, ()>> {
+        let token = conn.cancel_token();
+        Some(
+            async move {
+                // Best effort: a frozen server does not answer this either.
+                let _ =
+                    tokio::time::timeout(CANCEL_BOUND, token.cancel_query(tokio_postgres::NoTls))
+                        .await;
+            }
+            .boxed(),
         )
+    }
+
+    fn statement_failure(error: &diesel::result::Error) -> StatementFailure {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match error {
+            Error::DatabaseError(
+                DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection,
+                _,
+            ) => StatementFailure::SessionLost,
+            // 25006: the session is read-only and refused a write before doing it.
+            Error::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, _) => {
+                StatementFailure::ReadOnlyRefused
+            }
+            // 40001 outside a transaction on a hot standby is a recovery conflict
+            // (a standby runs no serializable read-write transaction).
+            Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
+                StatementFailure::RecoveryConflict
+            }
+            _ => StatementFailure::Other,
+        }
+    }
+
+    fn rendered_sql(rendered: &RenderedPg) -> &str {
+        owned_pg::sql_of(rendered)
     }
 
     type RenderCtx = OidCache;
@@ -369,24 +395,6 @@ impl SwitchTarget for AsyncPgConnection {
         owned_pg::execute(conn, rendered, ctx)
     }
 
-    fn is_retryable_read_error(error: &diesel::result::Error) -> bool {
-        use diesel::result::{DatabaseErrorKind, Error};
-        match error {
-            Error::DatabaseError(
-                DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection,
-                _,
-            ) => true,
-            Error::DatabaseError(_, info) => {
-                let message = info.message();
-                // 57P01-57P03 (shutdown, crash, starting up) and 40001 recovery conflicts.
-                message.starts_with("terminating connection")
-                    || message.starts_with("the database system is")
-                    || message.starts_with("canceling statement due to conflict with recovery")
-            }
-            _ => false,
-        }
-    }
-
     fn load_direct<'c, 'q, T>(conn: &'c mut Self, source: T) -> LoadFut<'c, PgRow>
     where
         T: AsQuery + 'q,
@@ -404,5 +412,88 @@ impl SwitchTarget for AsyncPgConnection {
 
     fn inner_is_broken(conn: &mut Self) -> bool {
         diesel_async::pooled_connection::PoolableConnection::is_broken(conn)
+    }
+}
+
+/// A tokio-postgres connect error, typed by SQLSTATE and I/O error kind.
+pub(crate) fn pg_connect_failure(error: tokio_postgres::Error) -> NodeFailure {
+    NodeFailure::new(pg_failure_kind(&error), Box::new(error))
+}
+
+fn pg_failure_kind(error: &tokio_postgres::Error) -> FailureKind {
+    use tokio_postgres::error::SqlState;
+    if let Some(code) = error.code() {
+        return match code {
+            c if *c == SqlState::INVALID_PASSWORD
+                || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+            {
+                FailureKind::Authentication
+            }
+            c if *c == SqlState::TOO_MANY_CONNECTIONS => FailureKind::Saturated,
+            c if *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN
+                || *c == SqlState::CANNOT_CONNECT_NOW
+                || c.code().starts_with("08") =>
+            {
+                FailureKind::NotAccepting
+            }
+            _ => FailureKind::Server,
+        };
+    }
+    let mut cause = std::error::Error::source(error);
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return match io.kind() {
+                ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected
+                | AddrNotAvailable | BrokenPipe | UnexpectedEof => FailureKind::Refused,
+                TimedOut => FailureKind::NoAnswer,
+                _ => FailureKind::Other,
+            };
+        }
+        cause = current.source();
+    }
+    FailureKind::Other
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::result::{DatabaseErrorKind, Error};
+
+    #[test]
+    fn statement_failures_by_kind() {
+        let db = |kind| Error::DatabaseError(kind, Box::new(String::from("any text at all")));
+        let cases = [
+            (
+                db(DatabaseErrorKind::UnableToSendCommand),
+                StatementFailure::SessionLost,
+            ),
+            (
+                db(DatabaseErrorKind::ClosedConnection),
+                StatementFailure::SessionLost,
+            ),
+            (
+                db(DatabaseErrorKind::ReadOnlyTransaction),
+                StatementFailure::ReadOnlyRefused,
+            ),
+            (
+                db(DatabaseErrorKind::SerializationFailure),
+                StatementFailure::RecoveryConflict,
+            ),
+            (
+                db(DatabaseErrorKind::UniqueViolation),
+                StatementFailure::Other,
+            ),
+            (db(DatabaseErrorKind::Unknown), StatementFailure::Other),
+            (Error::NotFound, StatementFailure::Other),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(
+                <AsyncPgConnection as SwitchTarget>::statement_failure(&error),
+                expected,
+                "{error:?}"
+            );
+        }
     }
 }

@@ -12,6 +12,7 @@
 //! would both clash with ours and bypass the interlock.
 
 mod backend;
+mod node;
 mod owned_pg;
 mod transaction;
 mod update;
@@ -21,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use diesel::connection::{CacheSize, Instrumentation, InstrumentationEvent};
 use diesel::query_builder::{AsQuery, QueryFragment, QueryId};
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::result::Error as DieselError;
 use diesel::{ConnectionResult, QueryResult};
 use diesel_async::{
     AsyncConnection, AsyncConnectionCore, SimpleAsyncConnection, TransactionManager,
@@ -34,9 +35,9 @@ use crate::classify::{Classifier, Verdict};
 use crate::router::Router;
 use crate::{Error, SwitchReason, Target};
 
-pub use backend::{
-    LoadFut, NodeConnection, NodePool, NodePoolSettings, PgRow, RowStream, SqlText, SwitchTarget,
-};
+pub use backend::{LoadFut, PgRow, RowStream, SqlText, StatementFailure, SwitchTarget};
+pub(crate) use node::BbNodePool;
+pub use node::{NodeConnection, NodeFailure, NodePool, NodePoolSettings};
 pub use transaction::SwitchTransactionManager;
 
 /// What the safety interlock does when a connection on a replica meets a statement,
@@ -56,6 +57,13 @@ pub enum InterlockMode {
     Observe,
 }
 
+/// One run of a rendered statement on one inner connection.
+type Attempt<C, T> = for<'c> fn(
+    &'c mut C,
+    &'c mut <C as SwitchTarget>::Rendered,
+    &'c <C as SwitchTarget>::RenderCtx,
+) -> BoxFuture<'c, QueryResult<T>>;
+
 /// A handle to an inner connection: owned (`Box<C>`) or checked out of a pool.
 pub(crate) type Handle<C> = NodeConnection<C>;
 
@@ -65,8 +73,16 @@ pub(crate) trait NodeSource<C>: Send + Sync + 'static {
     fn acquire_primary(&self) -> BoxFuture<'static, Result<Handle<C>, Error>>;
     /// An admitted replica other than `failed`, or `None` when there is none.
     fn acquire_other_replica(&self, failed: usize) -> BoxFuture<'static, Option<ReplicaLease<C>>>;
-    /// A replica's connection failed at the connection level: eject it for a while.
-    fn replica_failed(&self, index: usize, error: &str);
+    /// A replica lost a session or did not answer a read: probe it with a new
+    /// session in the background and eject it if it does not serve one.
+    fn replica_suspect(&self, index: usize, why: &str);
+}
+
+/// Mark an inner session as not to be reused: its pool discards it when it comes
+/// back. For a session whose state is unknown (a read given up on mid-flight).
+pub(crate) fn mark_broken<C: SwitchTarget>(conn: &mut C) {
+    <C::TransactionManager as TransactionManager<C>>::transaction_manager_status_mut(conn)
+        .set_in_error();
 }
 
 /// A replica connection and which replica it is.
@@ -109,10 +125,27 @@ impl Instrumentation for SharedInstrumentation {
 /// never bind values. Each statement runs inside a TRACE span `rwsplit.statement`
 /// whose `node` field says where it ran.
 ///
-/// Cancellation: if a statement's future is dropped while the primary is being
-/// checked out, nothing has changed (the connection is still on the replica); if
-/// it is dropped while the statement runs, the inner connection behaves as
-/// diesel-async documents for a cancelled query.
+/// Cancellation: a statement's future may be dropped at any await point. Dropped
+/// while the primary (or, for a read retry, another replica) is being checked
+/// out, nothing has changed: nodes are swapped only once the new one is in hand.
+/// Dropped while the statement runs, the inner connection behaves as diesel-async
+/// documents for a cancelled query (tokio-postgres discards the answer). A replica
+/// session that a read gave up on is marked broken, so its pool discards it.
+///
+/// Failures on a replica (with [`read_retry`](crate::SwitchablePoolBuilder::read_retry),
+/// the default):
+/// - a read whose session was lost, or that a hot standby cancelled for a recovery
+///   conflict, before any row came back, runs once more on another replica or the
+///   primary; the replica is probed and ejected only if it does not serve a new
+///   session (one terminated session is not a dead node);
+/// - a read that passes its client-side bound (the replica statement timeout plus
+///   one second) is given up on: a cancel request is sent, the session discarded,
+///   the replica probed, and the read runs once more elsewhere;
+/// - a statement the replica refuses as a write (SQLSTATE 25006, e.g. a user
+///   function that writes) runs again on the primary in `Switch` mode, counted under
+///   [`SwitchReason::ReplicaRefused`]; its fingerprint is remembered so that later
+///   statements like it go to the primary directly. This is safe: a read-only
+///   session refuses a write before doing it, so the statement did not run.
 pub struct SwitchableConnection<C: SwitchTarget> {
     /// `None` when the connection was made primary-only (default route primary,
     /// `get_primary`, Observe mode, a single-node `establish`).
@@ -132,8 +165,14 @@ pub struct SwitchableConnection<C: SwitchTarget> {
     /// A raw `BEGIN`/`COMMIT`/... went through `batch_execute`: diesel's transaction
     /// manager did not see it, so whether a transaction is still open is unknown.
     raw_transaction_control: bool,
-    /// Run when the connection is dropped after flipping (session read-your-writes windows).
+    /// Run when the connection is dropped after it wrote (session read-your-writes
+    /// windows). While it is set, statements on the primary are judged too, so that
+    /// a connection that started on the primary knows whether it wrote.
     after_write: Option<Box<dyn FnOnce() + Send + Sync>>,
+    /// A statement or hook that needs the primary ran (or was about to).
+    wrote: bool,
+    /// Observe mode: at least one statement ran in this unit of work.
+    observed_any: bool,
 }
 
 impl<C: SwitchTarget> fmt::Debug for SwitchableConnection<C> {
@@ -189,11 +228,6 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         Self::assemble(None, Some(primary), source, None, router)
     }
 
-    /// An Observe-mode connection: primary acquired on first use, no replica at all.
-    pub(crate) fn observing(source: Arc<dyn NodeSource<C>>, router: Arc<Router<C>>) -> Self {
-        Self::assemble(None, None, Some(source), None, router)
-    }
-
     fn assemble(
         replica: Option<Handle<C>>,
         primary: Option<Handle<C>>,
@@ -214,6 +248,8 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             cache_size: None,
             raw_transaction_control: false,
             after_write: None,
+            wrote: false,
+            observed_any: false,
         }
     }
 
@@ -327,6 +363,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
                 rendered = sql;
             }
             if !hook {
+                self.observed_any = true;
                 let would_be = if self.would_switch.is_some() {
                     Target::Primary
                 } else {
@@ -342,6 +379,11 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             });
         }
         if self.target() == Target::Primary || self.source.is_none() {
+            if self.after_write.is_some() && !self.wrote {
+                if let (Verdict::Primary(_), _) = judge(self)? {
+                    self.wrote = true;
+                }
+            }
             if !hook {
                 stats.record_statement(Target::Primary);
             }
@@ -414,6 +456,9 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             primary.set_prepared_statement_cache_size(size);
         }
         self.primary = Some(primary);
+        if flip.is_some() {
+            self.wrote = true;
+        }
         if let Some(Flip {
             reason,
             fingerprint,
@@ -438,23 +483,165 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         Ok(())
     }
 
-    /// Whether reads on the replica are rendered so that they can be retried.
-    fn retries_reads(&self) -> bool {
-        self.router.read_retry && self.replica_index.is_some()
+    /// Whether reads on the replica are rendered to owned data, so that they can
+    /// run again elsewhere (retry, self-healing) and be given up on safely (bound).
+    fn owns_replica_reads(&self) -> bool {
+        self.replica_index.is_some()
+            && (self.router.read_retry || self.router.replica_read_timeout.is_some())
     }
 
-    /// A replica read failed before any row came back: eject the replica if the
-    /// failure was the connection's, and move to another replica or, if none is
-    /// admitted, to the primary. Counted; the caller runs the read once more.
-    async fn move_after_failed_read(&mut self, error: &DieselError) -> QueryResult<()> {
-        let (Some(source), Some(index)) = (self.source.clone(), self.replica_index) else {
-            return Ok(());
-        };
-        let broken = self.replica.as_mut().is_some_and(|r| C::inner_is_broken(r));
-        let conflict = matches!(error, DieselError::DatabaseError(_, info) if info.message().starts_with("canceling statement"));
-        if broken || !conflict {
-            source.replica_failed(index, &error.to_string());
+    /// Run a rendered statement on the replica: bounded on the client, retried once
+    /// elsewhere after a lost session or a recovery conflict, run again on the
+    /// primary after a read-only refusal (see the type's docs). Swaps nodes only
+    /// once the new one is in hand, so it can be dropped at any await point.
+    async fn run_on_replica<T>(
+        &mut self,
+        rendered: &mut C::Rendered,
+        attempt: Attempt<C, T>,
+    ) -> QueryResult<T> {
+        let mut retried = false;
+        loop {
+            let on_replica = self.primary.is_none();
+            let bound = self.router.replica_read_timeout.filter(|_| on_replica);
+            let (conn, ctx) = self.active_with_ctx();
+            let result = match bound {
+                None => attempt(conn, rendered, ctx).await,
+                Some(bound) => {
+                    match tokio::time::timeout(bound, attempt(conn, rendered, ctx)).await {
+                        Ok(result) => result,
+                        Err(_) => {
+                            let node = self.abandon_replica_session(bound);
+                            if self.router.read_retry && !retried {
+                                retried = true;
+                                self.move_after_failed_read(&format!("no answer within {bound:?}"))
+                                    .await?;
+                                continue;
+                            }
+                            return Err(DieselError::QueryBuilderError(Box::new(
+                                Error::ReadTimedOut {
+                                    node,
+                                    timeout: bound,
+                                },
+                            )));
+                        }
+                    }
+                }
+            };
+            let error = match result {
+                Ok(value) => return Ok(value),
+                Err(error) if on_replica => error,
+                Err(error) => return Err(error),
+            };
+            let may_retry = self.router.read_retry && !retried;
+            match self.replica_failure(&error, may_retry).await {
+                StatementFailure::ReadOnlyRefused if self.router.mode == InterlockMode::Switch => {
+                    self.heal_refused(C::rendered_sql(rendered)).await?;
+                }
+                failure @ (StatementFailure::SessionLost | StatementFailure::RecoveryConflict)
+                    if may_retry =>
+                {
+                    retried = true;
+                    if failure == StatementFailure::SessionLost {
+                        self.suspect_replica(&error);
+                    }
+                    self.move_after_failed_read(&error.to_string()).await?;
+                }
+                StatementFailure::SessionLost => {
+                    self.suspect_replica(&error);
+                    return Err(error);
+                }
+                _ => return Err(error),
+            }
         }
+    }
+
+    /// What a replica statement's error says. A server error of no typed kind is
+    /// either the statement's own or the last word of a session being terminated
+    /// (57P01 and the like, which diesel does not type): when a retry would follow,
+    /// the session is asked, with a bounded round trip, whether it still lives.
+    async fn replica_failure(&mut self, error: &DieselError, may_retry: bool) -> StatementFailure {
+        let failure = C::statement_failure(error);
+        if failure != StatementFailure::Other || !matches!(error, DieselError::DatabaseError(..)) {
+            return failure;
+        }
+        let bound = self
+            .router
+            .replica_read_timeout
+            .unwrap_or(SESSION_CHECK_BOUND);
+        let conn = self.active_mut();
+        if C::inner_is_broken(conn) {
+            return StatementFailure::SessionLost;
+        }
+        if !may_retry {
+            return failure;
+        }
+        match tokio::time::timeout(bound, conn.batch_execute("SELECT 1")).await {
+            Ok(Ok(())) => StatementFailure::Other,
+            Ok(Err(_)) => StatementFailure::SessionLost,
+            Err(_) => {
+                mark_broken(conn);
+                StatementFailure::SessionLost
+            }
+        }
+    }
+
+    fn suspect_replica(&self, why: &dyn fmt::Display) {
+        if let (Some(source), Some(index)) = (&self.source, self.replica_index) {
+            source.replica_suspect(index, &why.to_string());
+        }
+    }
+
+    /// Give up on the replica session a read hangs on: cancel what it runs (best
+    /// effort), never reuse it, suspect its node. Returns the node's name.
+    fn abandon_replica_session(&mut self, bound: std::time::Duration) -> String {
+        let conn = self.active_mut();
+        if let Some(cancel) = C::cancel_request(conn) {
+            tokio::spawn(cancel);
+        }
+        mark_broken(conn);
+        self.router.stats.record_read_timeout();
+        let node = self.replica_name.as_deref().unwrap_or("replica").to_owned();
+        tracing::warn!(
+            target: "diesel_rwsplit::pool",
+            replica = %node,
+            bound = ?bound,
+            "a replica read passed its client-side bound; session discarded"
+        );
+        self.suspect_replica(&format!("no answer to a read within {bound:?}"));
+        node
+    }
+
+    /// A replica refused a statement as a write (25006): remember its fingerprint
+    /// and flip to the primary, where the caller runs it again.
+    async fn heal_refused(&mut self, sql: &str) -> QueryResult<()> {
+        let fingerprint = self.router.classifier.fingerprint(sql);
+        let (hash, text) = (fingerprint.hash(), fingerprint.text().to_owned());
+        tracing::warn!(
+            target: "diesel_rwsplit::pool",
+            replica = self.replica_name.as_deref().unwrap_or(""),
+            fingerprint = %text,
+            "a replica refused a statement as a write (SQLSTATE 25006): running it on the primary; \
+             declare the function with ClassifierBuilder::write_function"
+        );
+        self.acquire_primary(Some(Flip {
+            reason: SwitchReason::ReplicaRefused,
+            fingerprint: Some((hash, text)),
+        }))
+        .await?;
+        self.router.remember_refused(hash);
+        self.router.stats.record_statement(Target::Primary);
+        Ok(())
+    }
+
+    /// A replica read failed before any row came back: move to another replica or,
+    /// if none is admitted, to the primary. Counted; the caller runs the read once
+    /// more. The failed replica is let go only once the new node is in hand.
+    async fn move_after_failed_read(&mut self, error: &str) -> QueryResult<()> {
+        let (Some(source), Some(index)) = (self.source.clone(), self.replica_index) else {
+            return Err(DieselError::QueryBuilderError(
+                "a read failed on a connection that has no other node to go to".into(),
+            ));
+        };
         self.router.stats.record_read_retry();
         tracing::warn!(
             target: "diesel_rwsplit::pool",
@@ -470,9 +657,9 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             }
             None => {
                 self.router.stats.record_replica_fallback();
+                self.acquire_primary(None).await?;
                 self.replica = None;
                 self.replica_index = None;
-                self.acquire_primary(None).await?;
             }
         }
         Ok(())
@@ -508,7 +695,9 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             return Ok((verdict, Some(sql)));
         }
         let sql = C::render_sql(query)?;
-        let verdict = self.router.classifier.classify(&sql);
+        let verdict = self
+            .router
+            .remembered(self.router.classifier.classify(&sql), &sql);
         // Only replica verdicts are cached: a primary verdict needs the statement for
         // its fingerprint (flip, refusal or would-be flip), and a flip renders it anyway.
         if let (Some(id), Verdict::Replica, true) = (id, verdict, typed) {
@@ -538,11 +727,6 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         let primary = self.primary.as_mut().is_some_and(|p| C::inner_is_broken(p));
         replica || primary
     }
-
-    /// Whether the connection has no connection in hand yet (Observe before first use).
-    fn is_empty(&self) -> bool {
-        self.primary.is_none() && self.replica.is_none()
-    }
 }
 
 impl<C: SwitchTarget> SwitchableConnection<C> {
@@ -567,22 +751,25 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             }
             self.switch_reason = None;
         }
+        self.wrote = false;
         true
     }
 
     fn record_observed_unit(&mut self) {
-        if self.router.mode == InterlockMode::Observe && self.source.is_some() && !self.is_empty() {
+        if self.router.mode == InterlockMode::Observe && self.source.is_some() && self.observed_any
+        {
             self.router
                 .stats
                 .record_observed_unit(self.would_switch.is_none());
         }
         self.would_switch = None;
+        self.observed_any = false;
     }
 }
 
 impl<C: SwitchTarget> Drop for SwitchableConnection<C> {
     fn drop(&mut self) {
-        if self.switch_reason.is_some() {
+        if self.wrote {
             if let Some(hook) = self.after_write.take() {
                 hook();
             }
@@ -613,11 +800,13 @@ impl<C: SwitchTarget> diesel_async::pooled_connection::PoolableConnection
     }
 }
 
+/// How long a session may take to prove it is alive after an untyped error.
+const SESSION_CHECK_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The pool's typed error, inside the diesel error a statement returns
+/// (see [`rwsplit_error`](crate::rwsplit_error)).
 fn primary_unavailable(error: Error) -> DieselError {
-    DieselError::DatabaseError(
-        DatabaseErrorKind::UnableToSendCommand,
-        Box::new(error.to_string()),
-    )
+    DieselError::QueryBuilderError(Box::new(error))
 }
 
 fn statement_span(target: Target) -> tracing::Span {
@@ -625,10 +814,12 @@ fn statement_span(target: Target) -> tracing::Span {
 }
 
 impl<C: SwitchTarget> SimpleAsyncConnection for SwitchableConnection<C> {
-    /// Raw SQL, including a raw `BEGIN`, is classified as a whole string.
+    /// Raw SQL, including a raw `BEGIN`, is classified as a whole string. On a
+    /// replica it is bounded like a read and, refused as a write (25006), run
+    /// again on the primary; it is not retried after a lost session.
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
         let classifier = &self.router.classifier;
-        let verdict = classifier.classify(query);
+        let verdict = self.router.remembered(classifier.classify(query), query);
         if matches!(
             verdict.reason(),
             Some(SwitchReason::TransactionBegin | SwitchReason::TransactionControl)
@@ -643,10 +834,50 @@ impl<C: SwitchTarget> SimpleAsyncConnection for SwitchableConnection<C> {
                 Target::Primary
             }
         };
-        self.active_mut()
-            .batch_execute(query)
-            .instrument(statement_span(target))
-            .await
+        let bound = self
+            .router
+            .replica_read_timeout
+            .filter(|_| target == Target::Replica && self.replica_index.is_some());
+        let run = self.active_mut().batch_execute(query);
+        let result = match bound {
+            None => run.instrument(statement_span(target)).await,
+            Some(bound) => match tokio::time::timeout(bound, run)
+                .instrument(statement_span(target))
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => {
+                    let node = self.abandon_replica_session(bound);
+                    return Err(DieselError::QueryBuilderError(Box::new(
+                        Error::ReadTimedOut {
+                            node,
+                            timeout: bound,
+                        },
+                    )));
+                }
+            },
+        };
+        match result {
+            Err(error)
+                if target == Target::Replica
+                    && self.router.mode == InterlockMode::Switch
+                    && self.replica_index.is_some()
+                    && C::statement_failure(&error) == StatementFailure::ReadOnlyRefused =>
+            {
+                self.heal_refused(query).await?;
+                self.active_mut()
+                    .batch_execute(query)
+                    .instrument(statement_span(Target::Primary))
+                    .await
+            }
+            Err(error) => {
+                if target == Target::Replica && C::inner_is_broken(self.active_mut()) {
+                    self.suspect_replica(&error);
+                }
+                Err(error)
+            }
+            Ok(()) => Ok(()),
+        }
     }
 }
 
@@ -667,35 +898,16 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
         let query = source.as_query();
         match self.decide(|conn| conn.judge_query(&query), false) {
             Err(e) => future::ready(Err(e)).boxed(),
-            Ok(Plan::Direct(Target::Replica, sql)) if self.retries_reads() => {
+            Ok(Plan::Direct(Target::Replica, sql)) if self.owns_replica_reads() => {
                 // Rendered to owned SQL + binds so that it can run a second time.
                 let rendered = self.render_owned(&query, sql);
                 drop(query);
                 let read = async move {
                     let mut rendered = rendered?;
-                    let (conn, ctx) = self.active_with_ctx();
-                    let error = match C::load_rendered(conn, &mut rendered, ctx).await {
-                        Err(e) if C::is_retryable_read_error(&e) => e,
-                        Err(e) => return Err(e),
-                        // A server going away mid-query shows up as the stream's first
-                        // item: look at it before deciding that no row came back.
-                        // Fused: an empty result ends the stream, and `chain` below polls
-                        // it again; a row stream polled past its end says "connection closed".
-                        Ok(rows) => {
-                            let mut rows = rows.fuse();
-                            match rows.next().await {
-                                Some(Err(e)) if C::is_retryable_read_error(&e) => e,
-                                first => {
-                                    let rows = futures_util::stream::iter(first).chain(rows);
-                                    return Ok(rows.boxed() as RowStream<'conn, C::OwnedRow>);
-                                }
-                            }
-                        }
-                    };
-                    self.move_after_failed_read(&error).await?;
-                    let (conn, ctx) = self.active_with_ctx();
-                    let stream = C::load_rendered(conn, &mut rendered, ctx).await?;
-                    Ok(stream as RowStream<'conn, C::OwnedRow>)
+                    let rows = self
+                        .run_on_replica(&mut rendered, load_first_row::<C>)
+                        .await?;
+                    Ok(rows as RowStream<'conn, C::OwnedRow>)
                 };
                 with_span(read.boxed(), Target::Replica)
             }
@@ -728,20 +940,13 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
     {
         match self.decide(|conn| conn.judge_query(&source), false) {
             Err(e) => future::ready(Err(e)).boxed(),
-            Ok(Plan::Direct(Target::Replica, sql)) if self.retries_reads() => {
+            Ok(Plan::Direct(Target::Replica, sql)) if self.owns_replica_reads() => {
                 let rendered = self.render_owned(&source, sql);
                 drop(source);
                 let read = async move {
                     let mut rendered = rendered?;
-                    let (conn, ctx) = self.active_with_ctx();
-                    let error = match C::execute_rendered(conn, &mut rendered, ctx).await {
-                        Ok(count) => return Ok(count),
-                        Err(e) if C::is_retryable_read_error(&e) => e,
-                        Err(e) => return Err(e),
-                    };
-                    self.move_after_failed_read(&error).await?;
-                    let (conn, ctx) = self.active_with_ctx();
-                    C::execute_rendered(conn, &mut rendered, ctx).await
+                    self.run_on_replica(&mut rendered, C::execute_rendered)
+                        .await
                 };
                 with_span(read.boxed(), Target::Replica)
             }
@@ -762,6 +967,25 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
             }
         }
     }
+}
+
+/// Run a rendering and wait for its first row: a server going away mid-query
+/// shows up as the stream's first item, and a read may run elsewhere only while no
+/// row has come back. Fused: an empty result ends the stream, and `chain` polls it
+/// again; a row stream polled past its end says "connection closed".
+fn load_first_row<'c, C: SwitchTarget>(
+    conn: &'c mut C,
+    rendered: &'c mut C::Rendered,
+    ctx: &'c C::RenderCtx,
+) -> BoxFuture<'c, QueryResult<RowStream<'static, C::OwnedRow>>> {
+    async move {
+        let mut rows = C::load_rendered(conn, rendered, ctx).await?.fuse();
+        match rows.next().await {
+            Some(Err(e)) => Err(e),
+            first => Ok(futures_util::stream::iter(first).chain(rows).boxed()),
+        }
+    }
+    .boxed()
 }
 
 /// Attach the statement span only when someone listens: an instrumented future
@@ -785,7 +1009,12 @@ impl<C: SwitchTarget> AsyncConnection for SwitchableConnection<C> {
     /// [`SwitchablePool`](crate::SwitchablePool).
     async fn establish(database_url: &str) -> ConnectionResult<Self> {
         let conn = C::establish(database_url).await?;
-        let router = Router::new(Classifier::new(C::DIALECT), InterlockMode::Switch, false);
+        let router = Router::new(
+            Classifier::new(C::DIALECT),
+            InterlockMode::Switch,
+            false,
+            None,
+        );
         Ok(Self::on_primary(Box::new(Box::new(conn)), None, router))
     }
 

@@ -427,3 +427,8 @@ pub(crate) fn execute<'c>(
     let run = rendered.execute;
     run_resolved(conn, rendered, cache, run)
 }
+
+/// The SQL text of a rendering (placeholders, never bind values).
+pub(super) fn sql_of(rendered: &RenderedPg) -> &str {
+    &rendered.sql
+}

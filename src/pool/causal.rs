@@ -12,6 +12,9 @@ use crate::stats::CausalOutcome;
 use crate::{CausalToken, Error, ReplicaStatus};
 
 const SHARDS: usize = 16;
+
+/// The longest pause between two replay-position checks of [`SwitchablePool::get_after`].
+const CAUSAL_POLL_CAP: Duration = Duration::from_millis(50);
 /// Past this many keys in a shard, expired entries are swept on the next insert.
 const SWEEP_AT: usize = 1024;
 
@@ -49,62 +52,70 @@ impl<C: SwitchTarget> SwitchablePool<C> {
     /// primary's position after some unit of work wrote), so that it reads that
     /// write without pinning the primary.
     ///
-    /// In order: a replica the lag monitor already saw past the token; else the
-    /// replicas' replay positions are checked directly, every millisecond, for up
-    /// to [`causal_wait`](crate::SwitchablePoolBuilder::causal_wait); else the
-    /// primary. Each outcome is counted ([`StatsSnapshot::causal_reads`](crate::StatsSnapshot::causal_reads)).
+    /// In order: a replica the lag monitor already saw past the token; else one
+    /// replica (the one the monitor saw furthest ahead, among those in rotation) is
+    /// checked out and asked for its replay position, again after 1, 2, 4, ...
+    /// ms (at most 50 ms apart) until the position passes the token or
+    /// [`causal_wait`](crate::SwitchablePoolBuilder::causal_wait) has passed; else
+    /// the primary. So it costs one replica connection and a bounded number of
+    /// queries (about `log2(causal_wait / 1 ms) + causal_wait / 50 ms`)
+    /// whatever the number of replicas. Each outcome is counted
+    /// ([`StatsSnapshot::causal_reads`](crate::StatsSnapshot::causal_reads)).
     ///
-    /// Cancellation: connections checked out while waiting go back to their pools.
+    /// Cancellation: a connection checked out while waiting goes back to its pool.
     pub async fn get_after(&self, token: &CausalToken) -> Result<PooledConnection<C>, Error> {
         let inner = &self.inner;
         let stats = &self.inner.router.stats;
-        if let Some(monitor) = &inner.monitor {
-            let reached = |i: usize| {
-                monitor
-                    .replay_lsn(i)
-                    .is_some_and(|lsn| token.is_reached_by(lsn))
-            };
-            for index in inner.replica_order(None) {
-                if !reached(index) {
-                    continue;
-                }
-                if let Some(lease) = inner.checkout_replica_at(index).await {
-                    stats.record_causal(CausalOutcome::Monitor);
-                    return Ok(self.wrap_replica(lease));
-                }
+        let order = inner.replica_order(None);
+        let seen = |i: usize| inner.monitor.as_ref().and_then(|m| m.replay_lsn(i));
+        for &index in &order {
+            if !seen(index).is_some_and(|lsn| token.is_reached_by(lsn)) {
+                continue;
+            }
+            if let Some(lease) = inner.checkout_replica_at(index).await {
+                stats.record_causal(CausalOutcome::Monitor);
+                return Ok(self.wrap_replica(lease));
             }
         }
         let deadline = Instant::now() + inner.causal_wait;
-        let mut leases: Vec<ReplicaLease<C>> = Vec::new();
-        for index in inner.replica_order(None) {
-            if let Some(lease) = inner.checkout_replica_at(index).await {
-                leases.push(lease);
-            }
-        }
-        while !leases.is_empty() {
-            let mut position = None;
-            for (at, lease) in leases.iter_mut().enumerate() {
-                match C::replay_lsn(&mut lease.handle).await {
-                    Ok(Some(lsn)) if token.is_reached_by(lsn) => {
-                        position = Some(at);
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(target: "diesel_rwsplit::pool", replica = &*lease.name, error = %e, "replay position check failed")
-                    }
-                }
-            }
-            if let Some(at) = position {
-                stats.record_causal(CausalOutcome::Checked);
-                return Ok(self.wrap_replica(leases.swap_remove(at)));
-            }
+        // The replica furthest ahead is the likeliest to get there first; ties keep
+        // the balancing order.
+        let mut candidates = order;
+        candidates.sort_by_key(|i| std::cmp::Reverse(seen(*i)));
+        let mut lease = None;
+        for index in candidates {
             if Instant::now() >= deadline {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            if let Some(found) = inner.checkout_replica_at(index).await {
+                lease = Some(found);
+                break;
+            }
         }
-        drop(leases);
+        if let Some(mut lease) = lease {
+            let mut pause = Duration::from_millis(1);
+            loop {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(remaining, C::replay_lsn(&mut lease.handle)).await {
+                    Ok(Ok(Some(lsn))) if token.is_reached_by(lsn) => {
+                        stats.record_causal(CausalOutcome::Checked);
+                        return Ok(self.wrap_replica(lease));
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(target: "diesel_rwsplit::pool", replica = &*lease.name, error = %e, "replay position check failed");
+                        break;
+                    }
+                    Err(_) => break,
+                }
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    break;
+                }
+                tokio::time::sleep(pause.min(remaining)).await;
+                pause = (pause * 2).min(CAUSAL_POLL_CAP);
+            }
+        }
         stats.record_causal(CausalOutcome::Primary);
         self.get_primary().await
     }
@@ -112,8 +123,11 @@ impl<C: SwitchTarget> SwitchablePool<C> {
     /// A connection for a session key (a user id, a session cookie): on the primary
     /// if that key's last unit of work that wrote ended less than
     /// [`session_window`](crate::SwitchablePoolBuilder::session_window) ago, else on
-    /// the default route. A connection from here that flips to the primary starts
-    /// the key's window when it is dropped.
+    /// the default route. A connection from here that wrote (flipped to the
+    /// primary, or, if it started there, ran a statement the classifier sends to
+    /// the primary) starts the key's window again when it is dropped: a session
+    /// that keeps writing stays on the primary, one that stops writing leaves it
+    /// once the window has passed.
     pub async fn get_for_session(&self, key: &str) -> Result<PooledConnection<C>, Error> {
         let mut conn = if self
             .inner

@@ -14,10 +14,10 @@ use futures_util::FutureExt;
 
 use crate::classify::Classifier;
 use crate::connection::{
-    Handle, InterlockMode, NodePool as NodeConnections, NodePoolSettings, NodeSource, ReplicaLease,
-    SwitchTarget, SwitchableConnection,
+    BbNodePool, Handle, InterlockMode, NodeFailure, NodePool as NodeConnections, NodePoolSettings,
+    NodeSource, ReplicaLease, SwitchTarget, SwitchableConnection,
 };
-use crate::error::NodeStep;
+use crate::error::{FailureKind, NodeStep};
 use crate::monitor::{Monitor, MonitorConfig, NodeTarget};
 use crate::router::Router;
 use crate::stats::StatsSnapshot;
@@ -51,6 +51,8 @@ struct Health {
     next_probe_at: AtomicU64,
     consecutive_failures: AtomicU32,
     probing: AtomicBool,
+    /// A suspicion probe (one new session) is under way.
+    suspecting: AtomicBool,
     outstanding: AtomicUsize,
 }
 
@@ -76,19 +78,33 @@ impl<C: SwitchTarget> NodePool<C> {
         self.weight
     }
 
-    async fn checkout(&self) -> Result<Handle<C>, Error> {
-        self.pool.checkout().await.map_err(|source| Error::Node {
-            node: self.name.to_string(),
-            step: NodeStep::Checkout,
-            source,
-        })
+    async fn checkout(&self) -> Result<Handle<C>, NodeFailure> {
+        self.pool.checkout().await
+    }
+}
+
+/// One checkout of a replica in its outstanding count, from before the checkout
+/// starts until the connection goes back: a dropped checkout future or a
+/// returned connection gives it back.
+struct Outstanding(Arc<Health>);
+
+impl Outstanding {
+    fn enter(health: &Arc<Health>) -> Self {
+        health.outstanding.fetch_add(1, Ordering::Relaxed);
+        Outstanding(Arc::clone(health))
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// A replica connection that keeps its node's outstanding count while checked out.
 struct Counted<C> {
     inner: Handle<C>,
-    health: Arc<Health>,
+    _outstanding: Outstanding,
 }
 
 impl<C> Deref for Counted<C> {
@@ -105,11 +121,10 @@ impl<C> DerefMut for Counted<C> {
     }
 }
 
-impl<C> Drop for Counted<C> {
-    fn drop(&mut self) {
-        self.health.outstanding.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+/// How long past the replica statement timeout the client waits for a read's
+/// first row before it decides the replica is hung: the server's own timeout
+/// answers well within it on a node that runs.
+pub const REPLICA_READ_GRACE: Duration = Duration::from_secs(1);
 
 /// Backoff of ejected replicas: `base * 2^(failures - 1)`, capped.
 #[derive(Debug, Clone, Copy)]
@@ -169,13 +184,6 @@ impl<C: SwitchTarget> PoolInner<C> {
                 .monitor
                 .as_ref()
                 .is_none_or(|m| m.is_usable(index, self.max_lag_bytes, self.max_lag))
-    }
-
-    fn release_outstanding(&self, index: usize) {
-        self.replica(index)
-            .health()
-            .outstanding
-            .fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Admitted replicas in the order they should be tried, per the balancing policy.
@@ -303,9 +311,8 @@ impl<C: SwitchTarget> PoolInner<C> {
             tokio::time::sleep(Duration::from_nanos(wait)).await;
             let Some(pool) = pool.upgrade() else { return };
             let node = pool.replica(index);
-            match node.checkout().await {
-                Ok(conn) => {
-                    drop(conn);
+            match node.pool.probe().await {
+                Ok(()) => {
                     node.health()
                         .consecutive_failures
                         .store(0, Ordering::Relaxed);
@@ -346,10 +353,12 @@ impl<C: SwitchTarget> PoolInner<C> {
         None
     }
 
-    /// Check out replica `index` (ejecting it on failure).
+    /// Check out replica `index`. A replica that fails is ejected; one that is
+    /// only saturated (every connection busy for the checkout timeout) is not, and
+    /// the caller moves on to the next node. Cancel-safe.
     async fn checkout_replica_at(self: &Arc<Self>, index: usize) -> Option<ReplicaLease<C>> {
         let node = self.replica(index);
-        node.health().outstanding.fetch_add(1, Ordering::Relaxed);
+        let outstanding = Outstanding::enter(&node.health);
         match node.checkout().await {
             Ok(handle) => {
                 node.health()
@@ -358,7 +367,7 @@ impl<C: SwitchTarget> PoolInner<C> {
                 self.router.stats.record_checkout(Target::Replica);
                 let handle: Handle<C> = Box::new(Counted {
                     inner: handle,
-                    health: Arc::clone(&node.health),
+                    _outstanding: outstanding,
                 });
                 Some(ReplicaLease {
                     handle,
@@ -366,18 +375,56 @@ impl<C: SwitchTarget> PoolInner<C> {
                     name: Arc::clone(&node.name),
                 })
             }
-            Err(e) => {
-                self.release_outstanding(index);
-                self.eject(index, &e.to_string());
+            Err(failure) if !failure.kind.is_node_failure() => {
+                self.router.stats.record_replica_saturation();
+                tracing::debug!(target: "diesel_rwsplit::pool", replica = node.name(), error = %failure, "replica saturated: trying the next node");
+                None
+            }
+            Err(failure) => {
+                if self.is_admitted(index) {
+                    self.eject(index, &failure.to_string());
+                }
                 None
             }
         }
     }
 
     async fn checkout_primary(&self) -> Result<Handle<C>, Error> {
-        let handle = self.primary.checkout().await?;
+        let handle =
+            self.primary
+                .checkout()
+                .await
+                .map_err(|failure| Error::PrimaryUnavailable {
+                    node: self.primary.name.to_string(),
+                    kind: failure.kind,
+                    source: failure.into_source(),
+                })?;
         self.router.stats.record_checkout(Target::Primary);
         Ok(handle)
+    }
+
+    /// A replica lost a session or hung on a read: one new session decides. If the
+    /// node does not serve one (refused, no answer, shutting down), it is ejected;
+    /// if it does, one session died and the node is fine. One probe at a time.
+    fn suspect(self: &Arc<Self>, index: usize, why: &str) {
+        let node = self.replica(index);
+        if !self.is_admitted(index) || node.health().suspecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::debug!(target: "diesel_rwsplit::pool", replica = node.name(), why, "replica suspected: probing it with a new session");
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let Some(pool) = pool.upgrade() else { return };
+            let node = pool.replica(index);
+            let outcome = node.pool.probe().await;
+            node.health().suspecting.store(false, Ordering::Release);
+            match outcome {
+                Err(failure) if failure.kind.is_node_failure() && pool.is_admitted(index) => {
+                    pool.eject(index, &failure.to_string());
+                }
+                _ => {}
+            }
+        });
     }
 }
 
@@ -395,10 +442,8 @@ impl<C: SwitchTarget> NodeSource<C> for Source<C> {
         async move { inner.checkout_replica(Some(failed)).await }.boxed()
     }
 
-    fn replica_failed(&self, index: usize, error: &str) {
-        if self.0.is_admitted(index) {
-            self.0.eject(index, error);
-        }
+    fn replica_suspect(&self, index: usize, why: &str) {
+        self.0.suspect(index, why);
     }
 }
 
@@ -509,10 +554,9 @@ impl<C: SwitchTarget> SwitchablePool<C> {
     /// the primary.
     pub async fn get_replica(&self) -> Result<PooledConnection<C>, Error> {
         if self.inner.router.mode == InterlockMode::Observe {
-            return Ok(PooledConnection::new(SwitchableConnection::observing(
-                self.source(),
-                Arc::clone(&self.inner.router),
-            )));
+            // Observe runs everything on the primary, as the application did
+            // before: the connection holds it from the start.
+            return self.get_primary().await;
         }
         if self.inner.replicas.is_empty() {
             return self.get_primary().await;
@@ -562,6 +606,17 @@ impl<C: SwitchTarget> SwitchablePool<C> {
         std::iter::once(&self.inner.primary)
             .chain(&self.inner.replicas)
             .map(|n| n.name().to_owned())
+            .collect()
+    }
+
+    /// How many connections of each replica are checked out through this pool
+    /// right now (checkouts under way included), in order: what
+    /// [`Balance::LeastOutstanding`] balances on.
+    pub fn replica_checked_out(&self) -> Vec<usize> {
+        self.inner
+            .replicas
+            .iter()
+            .map(|r| r.health().outstanding.load(Ordering::Relaxed))
             .collect()
     }
 
@@ -640,6 +695,9 @@ pub struct SwitchablePoolBuilder<C: SwitchTarget = AsyncPgConnection> {
     fallback_to_primary: bool,
     read_retry: bool,
     verify_on_build: bool,
+    require_primary: bool,
+    #[cfg(feature = "testing")]
+    faults: Option<crate::testing::Faults>,
     monitor: MonitorConfig,
     max_lag_bytes: Option<u64>,
     max_lag: Option<Duration>,
@@ -689,6 +747,9 @@ impl<C: SwitchTarget> Default for SwitchablePoolBuilder<C> {
             fallback_to_primary: true,
             read_retry: true,
             verify_on_build: true,
+            require_primary: true,
+            #[cfg(feature = "testing")]
+            faults: None,
             monitor: MonitorConfig::default(),
             max_lag_bytes: None,
             max_lag: None,
@@ -792,7 +853,14 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
         self
     }
 
-    /// Server-side `statement_timeout` for replica sessions. Default: none.
+    /// `statement_timeout` for replica sessions, set on the server and enforced on
+    /// the client as well: a replica read that has not returned its first row
+    /// within this plus [`REPLICA_READ_GRACE`] (the server's own timeout should
+    /// have answered by then: the node is hung) is given up on. A cancel request is
+    /// sent, the session discarded, the replica probed (ejected if it does not serve
+    /// a new session) and, with [`read_retry`](Self::read_retry), the read runs once
+    /// more on another node. Default: none (no bound on either side; TCP keepalives
+    /// still notice a vanished host, but not a frozen one whose kernel answers).
     pub fn replica_statement_timeout(mut self, timeout: Duration) -> Self {
         self.replica_settings.statement_timeout = Some(timeout);
         self
@@ -865,15 +933,40 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
 
     /// Check at [`build`](Self::build) that every node's host accepts TCP
     /// connections (within the role's connect timeout), without opening a database
-    /// session. Default: `true`.
+    /// session. A replica that does not starts out of rotation and is probed in
+    /// the background until it serves a session; the primary is handled as
+    /// [`require_primary_at_build`](Self::require_primary_at_build) says.
+    /// Default: `true`.
     pub fn verify_on_build(mut self, verify: bool) -> Self {
         self.verify_on_build = verify;
         self
     }
 
+    /// What [`build`](Self::build) does when the primary's host does not accept
+    /// TCP connections. `true`: fail with [`Error::Node`] (step
+    /// [`NodeStep::Connect`]): a service that cannot write usually should not start.
+    /// `false`: start anyway, for read-mostly services: reads are served by the
+    /// replicas, writes fail with [`Error::PrimaryUnavailable`] after the primary
+    /// checkout timeout until the primary answers. Default: `true`.
+    pub fn require_primary_at_build(mut self, require: bool) -> Self {
+        self.require_primary = require;
+        self
+    }
+
+    /// Put a deterministic fault seam between the pool and its nodes' pools (feature
+    /// `testing`): see [`testing::Faults`](crate::testing::Faults). Default: none.
+    #[cfg(feature = "testing")]
+    pub fn faults(mut self, faults: crate::testing::Faults) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+
     /// Build the pool. Validates the configuration and every URL and, unless
     /// [`verify_on_build(false)`](Self::verify_on_build), that every host is
-    /// reachable; opens no database session (the first checkout does).
+    /// reachable: unreachable replicas start out of rotation (probed until they
+    /// answer), an unreachable primary fails the build unless
+    /// [`require_primary_at_build(false)`](Self::require_primary_at_build). Opens no
+    /// database session (the first checkout does). Must run inside a Tokio runtime.
     pub async fn build(self) -> Result<SwitchablePool<C>, Error> {
         let primary_url = self
             .primary
@@ -903,30 +996,46 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             }
         }
         let primary_name = format!("primary ({})", describe_url(&primary_url, "primary")?);
+        let mut replica_names = Vec::with_capacity(self.replicas.len());
+        for (index, url) in self.replicas.iter().enumerate() {
+            let label = format!("replica{}", index + 1);
+            replica_names.push(format!("{label} ({})", describe_url(url, &label)?));
+        }
+        let mut unreachable_replicas = Vec::new();
         if self.verify_on_build {
-            let mut checks = vec![reachable(
+            let primary_check = reachable(
                 primary_name.clone(),
                 primary_url.clone(),
                 self.primary_settings.connect_timeout,
-            )];
-            for (index, url) in self.replicas.iter().enumerate() {
-                let name = format!(
-                    "replica{} ({})",
-                    index + 1,
-                    describe_url(url, &format!("replica{}", index + 1))?
-                );
-                checks.push(reachable(
-                    name,
+            );
+            let replica_checks = replica_names.iter().zip(&self.replicas).map(|(name, url)| {
+                reachable(
+                    name.clone(),
                     url.clone(),
                     self.replica_settings.connect_timeout,
-                ));
+                )
+            });
+            let (primary_ok, replicas_ok) = futures_util::future::join(
+                primary_check,
+                futures_util::future::join_all(replica_checks),
+            )
+            .await;
+            match primary_ok {
+                Err(e) if self.require_primary => return Err(e),
+                Err(e) => {
+                    tracing::warn!(target: "diesel_rwsplit::pool", error = %e, "primary unreachable at build: starting for reads only")
+                }
+                Ok(()) => {}
             }
-            for result in futures_util::future::join_all(checks).await {
-                result?;
+            for (index, result) in replicas_ok.into_iter().enumerate() {
+                if let Err(e) = result {
+                    unreachable_replicas.push((index, e.to_string()));
+                }
             }
         }
         let monitor_primary = NodeTarget::new(primary_name.clone(), primary_url.clone());
-        let primary = node_pool::<C>(
+        #[cfg_attr(not(feature = "testing"), allow(unused_mut))]
+        let mut primary = node_pool::<C>(
             primary_name,
             &primary_url,
             None,
@@ -936,9 +1045,7 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
         );
         let mut replicas: Vec<NodePool<C>> = Vec::with_capacity(self.replicas.len());
         let mut monitored = Vec::with_capacity(self.replicas.len());
-        for (index, url) in self.replicas.iter().enumerate() {
-            let label = format!("replica{}", index + 1);
-            let name = format!("{label} ({})", describe_url(url, &label)?);
+        for ((index, url), name) in self.replicas.iter().enumerate().zip(replica_names) {
             monitored.push(NodeTarget::new(name.clone(), url.clone()));
             let weight = match &self.balance {
                 Balance::Weighted(weights) => weights[index],
@@ -953,10 +1060,24 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
                 false,
             ));
         }
+        #[cfg(feature = "testing")]
+        if let Some(faults) = &self.faults {
+            use crate::testing::FaultNode;
+            let primary_pool = Arc::clone(&primary.pool);
+            primary.pool = faults.wrap(FaultNode::Primary, primary_pool);
+            for (index, replica) in replicas.iter_mut().enumerate() {
+                let pool = Arc::clone(&replica.pool);
+                replica.pool = faults.wrap(FaultNode::Replica(index), pool);
+            }
+        }
         let classifier = self
             .classifier
             .unwrap_or_else(|| Classifier::new(C::DIALECT));
-        let router = Router::new(classifier, self.interlock, self.read_retry);
+        let read_bound = self
+            .replica_settings
+            .statement_timeout
+            .map(|timeout| timeout + REPLICA_READ_GRACE);
+        let router = Router::new(classifier, self.interlock, self.read_retry, read_bound);
         let seed = u64::from(std::process::id()) << 32
             | u64::from(Instant::now().elapsed().subsec_nanos())
             | 1;
@@ -979,6 +1100,10 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             session_window: self.session_window,
             session_writes: causal::SessionWrites::default(),
         });
+        for (index, why) in unreachable_replicas {
+            // Out of rotation from the start; the probe re-admits it once it answers.
+            inner.eject(index, &why);
+        }
         let source: Arc<dyn NodeSource<C>> = Arc::new(Source(Arc::clone(&inner)));
         Ok(SwitchablePool { inner, source })
     }
@@ -994,14 +1119,14 @@ fn node_pool<C: SwitchTarget>(
 ) -> NodePool<C> {
     let mut session_sql: Vec<String> = read_only_sql.map(str::to_owned).into_iter().collect();
     session_sql.extend(role.statement_timeout.map(C::statement_timeout_sql));
-    let pool = C::node_pool(NodePoolSettings {
+    let pool = Arc::new(BbNodePool::<C>::new(NodePoolSettings {
         url: url.to_owned(),
         session_sql: session_sql.join("; "),
         max_size: role.max_size,
         connect_timeout: role.connect_timeout,
         checkout_timeout: role.checkout_timeout,
         retry_connect,
-    });
+    }));
     NodePool {
         name: Arc::from(name),
         pool,
@@ -1013,12 +1138,14 @@ fn node_pool<C: SwitchTarget>(
 /// Whether every TCP host of `url` accepts a connection within `timeout`.
 async fn reachable(name: String, url: String, timeout: Duration) -> Result<(), Error> {
     use std::str::FromStr;
-    let err = |source: crate::BoxError| Error::Node {
+    let err = |kind, source: crate::BoxError| Error::Node {
         node: name.clone(),
         step: NodeStep::Connect,
+        kind,
         source,
     };
-    let config = tokio_postgres::Config::from_str(&url).map_err(|e| err(Box::new(e)))?;
+    let config =
+        tokio_postgres::Config::from_str(&url).map_err(|e| err(FailureKind::Other, Box::new(e)))?;
     for (host, port) in config
         .get_hosts()
         .iter()
@@ -1032,8 +1159,19 @@ async fn reachable(name: String, url: String, timeout: Duration) -> Result<(), E
             .await
             {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(err(Box::new(e))),
-                Err(_) => return Err(err(format!("no TCP connection within {timeout:?}").into())),
+                Ok(Err(e)) => {
+                    let kind = match e.kind() {
+                        std::io::ErrorKind::TimedOut => FailureKind::NoAnswer,
+                        _ => FailureKind::Refused,
+                    };
+                    return Err(err(kind, Box::new(e)));
+                }
+                Err(_) => {
+                    return Err(err(
+                        FailureKind::NoAnswer,
+                        format!("no TCP connection within {timeout:?}").into(),
+                    ))
+                }
             }
         }
     }
@@ -1046,6 +1184,7 @@ fn describe_url(url: &str, node: &str) -> Result<String, Error> {
     let config = tokio_postgres::Config::from_str(url).map_err(|e| Error::Node {
         node: node.to_owned(),
         step: NodeStep::ParseUrl,
+        kind: FailureKind::Other,
         source: Box::new(e),
     })?;
     let hosts: Vec<String> = config

@@ -27,6 +27,7 @@
 mod binaries;
 mod cluster;
 mod example;
+mod faults;
 mod node;
 mod process;
 mod template;
@@ -34,4 +35,5 @@ mod template;
 pub use binaries::BINDIR_ENV;
 pub use cluster::{ClusterUrls, LocalCluster, LocalClusterBuilder, NodeStatus};
 pub use example::{run_example_migrations, schema, EXAMPLE_MIGRATIONS};
+pub use faults::{Fault, FaultNode, FaultStep, Faults};
 pub use process::is_gone as process_is_gone;
