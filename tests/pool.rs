@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{create_table, port_of, server_port, shared_cluster, WAIT};
+use common::{admin, create_table, port_of, server_port, shared_cluster, WAIT};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_rwsplit::testing::LocalCluster;
 use diesel_rwsplit::{Balance, Error, SwitchablePool, Target};
@@ -102,22 +102,28 @@ async fn stopping_a_replica_under_concurrent_reads_fails_none_and_it_comes_back(
         .await
         .unwrap();
     let victim = port_of(&cluster.replica_url(0).unwrap());
+    let (workers, reads) = (16, 12);
 
-    let readers: Vec<_> = (0..32)
+    // A read that the victim serves sleeps 5 s: it can only end early by the stop,
+    // so every one seen running when the stop comes is provably in flight. Reads on
+    // the other replica take 10 ms.
+    let sql = format!(
+        "SELECT count(*) AS n FROM pool_load, \
+         pg_sleep(CASE WHEN inet_server_port() = {victim} THEN 5 ELSE 0.01 END)"
+    );
+    let readers: Vec<_> = (0..workers)
         .map(|worker| {
-            let pool = pool.clone();
+            let (pool, sql) = (pool.clone(), sql.clone());
             tokio::spawn(async move {
                 let mut failures = Vec::new();
-                for i in 0..12 {
+                for i in 0..reads {
                     let result = async {
                         let mut conn = pool.get().await?;
-                        let n: i64 = diesel::sql_query(
-                            "SELECT count(*) AS n FROM pool_load, pg_sleep(0.01)",
-                        )
-                        .get_result::<Count>(&mut conn)
-                        .await
-                        .map_err(|e| Error::InvalidConfig(e.to_string()))?
-                        .n;
+                        let n: i64 = diesel::sql_query(&sql)
+                            .get_result::<Count>(&mut conn)
+                            .await
+                            .map_err(|e| Error::InvalidConfig(e.to_string()))?
+                            .n;
                         Ok::<_, Error>(n)
                     }
                     .await;
@@ -130,7 +136,26 @@ async fn stopping_a_replica_under_concurrent_reads_fails_none_and_it_comes_back(
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Stop it only once reads are running on it.
+    let watcher = admin(&cluster.replica_url(0).unwrap()).await;
+    let deadline = Instant::now() + WAIT;
+    let in_flight = loop {
+        let active: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+                 AND query LIKE '%FROM pool_load, pg_sleep%' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if active >= 8 {
+            break active as u64;
+        }
+        assert!(Instant::now() < deadline, "no reads running on the victim");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    drop(watcher);
     cluster.stop_replica(0).await.unwrap();
     let mut failures = Vec::new();
     for reader in readers {
@@ -140,7 +165,7 @@ async fn stopping_a_replica_under_concurrent_reads_fails_none_and_it_comes_back(
         failures.is_empty(),
         "{} of {} reads failed: {failures:#?}",
         failures.len(),
-        32 * 12
+        workers * reads
     );
     let stats = pool.stats();
     assert!(
@@ -148,7 +173,14 @@ async fn stopping_a_replica_under_concurrent_reads_fails_none_and_it_comes_back(
         "the stopped replica was not ejected: {stats:?}"
     );
     assert_eq!(pool.replica_admitted(), [false, true]);
-    eprintln!("read retries during the stop: {}", stats.read_retries());
+    eprintln!(
+        "{in_flight} reads in flight at the stop; read retries: {}",
+        stats.read_retries()
+    );
+    assert!(
+        stats.read_retries() >= in_flight,
+        "the {in_flight} reads in flight on the stopped replica were not all retried: {stats:?}"
+    );
 
     // Started again, it is probed, re-admitted and serves reads.
     cluster.start_replica(0).await.unwrap();
