@@ -111,11 +111,19 @@ async fn observe_mode_report_counts_equal_the_statements_run() {
         .statements
         .iter()
         .all(|e| e.first_seen_unix_ms <= e.last_seen_unix_ms && e.first_seen_unix_ms > 0));
-    // The primary's own statistics agree: every statement ran there.
-    assert_eq!(
-        statement_calls(&cluster.primary_url(), "insert", "audited").await,
-        3
-    );
+    // The nodes' own statistics agree: every statement ran on the primary (12 + 3
+    // reads and the claim; 3 inserts; 2 updates) and none on a replica.
+    let primary = cluster.primary_url();
+    assert_eq!(statement_calls(&primary, "select", "audited").await, 16);
+    assert_eq!(statement_calls(&primary, "insert", "audited").await, 3);
+    assert_eq!(statement_calls(&primary, "update", "audited").await, 2);
+    for url in cluster.replica_urls() {
+        assert_eq!(
+            statement_calls(&url, "", "audited").await,
+            0,
+            "Observe mode ran a statement on {url}"
+        );
+    }
 
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["mode"], "observe");

@@ -13,7 +13,7 @@ mod example;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use common::{shared_cluster, WAIT};
+use common::{as_user, create_role, shared_cluster, statement_calls_by, WAIT};
 use diesel_async::AsyncPgConnection;
 use diesel_rwsplit::{InterlockMode, SwitchReason, SwitchablePool, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -125,6 +125,33 @@ async fn pool(mode: InterlockMode) -> SwitchablePool {
         .unwrap()
 }
 
+/// A pool whose connections log in as `role`, a role of the test's own: the nodes'
+/// pg_stat_statements then tell this test's statements from those of the tests
+/// running the same handlers at the same time.
+async fn pool_as(mode: InterlockMode, role: &str) -> SwitchablePool {
+    let cluster = shared_cluster();
+    create_role(cluster, role).await;
+    SwitchablePool::<AsyncPgConnection>::builder()
+        .primary(as_user(&cluster.primary_url(), role))
+        .replicas(cluster.replica_urls().iter().map(|url| as_user(url, role)))
+        .interlock(mode)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Calls by `role` of statements starting with `verb` and mentioning `needle`: on
+/// the primary, and on the replicas added up.
+async fn calls_by(role: &str, verb: &str, needle: &str) -> (i64, i64) {
+    let cluster = shared_cluster();
+    let on_primary = statement_calls_by(&cluster.primary_url(), role, verb, needle).await;
+    let mut on_replicas = 0;
+    for url in cluster.replica_urls() {
+        on_replicas += statement_calls_by(&url, role, verb, needle).await;
+    }
+    (on_primary, on_replicas)
+}
+
 /// A unique e-mail address per call (tests of this binary share one cluster).
 fn unique_email(name: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -162,8 +189,9 @@ async fn create_user(addr: SocketAddr, name: &str, email: &str) -> i64 {
 
 #[tokio::test]
 async fn reads_run_on_replicas_and_writes_on_the_primary() {
+    const ROLE: &str = "axum_reads";
     let cluster = shared_cluster();
-    let pool = pool(InterlockMode::Switch).await;
+    let pool = pool_as(InterlockMode::Switch, ROLE).await;
     let addr = serve(pool.clone()).await;
 
     // The writing handler (PrimaryConn) checks out the primary; nothing flips.
@@ -184,6 +212,8 @@ async fn reads_run_on_replicas_and_writes_on_the_primary() {
         before.checkouts(Target::Replica)
     );
     assert_eq!(after.total_switches(), 0);
+    // The nodes agree: the INSERT ran on the primary and nowhere else.
+    assert_eq!(calls_by(ROLE, "insert", "users").await, (1, 0));
 
     // Read-your-writes: the POST answered with the row itself; a GET through a
     // replica is only guaranteed to see it once the replicas have replayed it.
@@ -223,6 +253,12 @@ async fn reads_run_on_replicas_and_writes_on_the_primary() {
         before.checkouts(Target::Primary)
     );
     assert_eq!(after.total_switches(), 0);
+    // The nodes agree: both reads ran on replicas, none on the primary.
+    assert_eq!(
+        calls_by(ROLE, "select", "users").await,
+        (0, 2),
+        "(reads on the primary, reads on the replicas)"
+    );
 
     // A plain-text body is a name; the address is made up.
     let reply = request(addr, "POST", "/users", Some("text/plain"), "grace").await;
@@ -264,8 +300,9 @@ async fn an_unknown_user_is_404_on_a_replica() {
 
 #[tokio::test]
 async fn a_read_handler_that_writes_is_caught_counted_and_audited() {
+    const ROLE: &str = "axum_profile";
     let cluster = shared_cluster();
-    let pool = pool(InterlockMode::Switch).await;
+    let pool = pool_as(InterlockMode::Switch, ROLE).await;
     let addr = serve(pool.clone()).await;
     let email = unique_email("linus");
     let id = create_user(addr, "Linus", &email).await;
@@ -296,6 +333,19 @@ async fn a_read_handler_that_writes_is_caught_counted_and_audited() {
             1
         );
     }
+
+    // The nodes agree: the reads ran on replicas, the INSERTs on the primary.
+    assert_eq!(
+        calls_by(ROLE, "select", "users").await,
+        (0, calls as i64),
+        "(user reads on the primary, on the replicas)"
+    );
+    assert_eq!(
+        calls_by(ROLE, "select", "orders").await,
+        (0, calls as i64),
+        "(order counts on the primary, on the replicas)"
+    );
+    assert_eq!(calls_by(ROLE, "insert", "events").await, (calls as i64, 0));
 
     // Every call's event was written (on the primary).
     let primary = common::admin(&cluster.primary_url()).await;

@@ -6,7 +6,7 @@ mod common;
 
 use std::io::Write;
 
-use common::{admin, create_table, shared_cluster};
+use common::{admin, create_table, shared_cluster, statement_calls};
 use diesel::deserialize::{self, FromSql, FromSqlRow};
 use diesel::expression::AsExpression;
 use diesel::pg::{Pg, PgValue};
@@ -313,6 +313,30 @@ async fn a_read_whose_session_was_killed_reruns_the_same_rendering_elsewhere() {
         .unwrap();
     assert_eq!(labels, ["rws_render_rerun 2", "rws_render_rerun 7"]);
     assert_eq!(pool.stats().read_retries(), 1);
+    // Another session ran it: the connection now answers from a new backend, and
+    // the nodes' own statistics show the read completed once, not on the replica
+    // whose session was killed.
+    let now: Pid = diesel::sql_query("SELECT pg_backend_pid() AS pid, inet_server_port() AS port")
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_ne!(
+        (now.pid, now.port),
+        (pid.pid, pid.port),
+        "the read was not moved off the killed session"
+    );
+    assert_eq!(
+        statement_calls(&replica, "select", "rws_render_rerun").await,
+        0,
+        "the killed replica ran the read"
+    );
+    let mut elsewhere = 0;
+    for url in std::iter::once(cluster.primary_url()).chain(cluster.replica_urls()) {
+        if url != replica {
+            elsewhere += statement_calls(&url, "select", "rws_render_rerun").await;
+        }
+    }
+    assert_eq!(elsewhere, 1, "the re-run ran exactly once on another node");
     assert_eq!(
         pool.stats().total_switches(),
         0,

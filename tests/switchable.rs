@@ -4,6 +4,7 @@ mod common;
 
 use common::{admin, create_table, shared_cluster, statement_calls};
 use diesel::prelude::*;
+use diesel::result::DatabaseErrorKind;
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_rwsplit::classify::{Classifier, Dialect};
@@ -358,13 +359,12 @@ async fn a_write_forced_onto_a_replica_session_fails_with_25006_even_after_promo
         .execute(&mut conn)
         .await
         .unwrap_err();
+    // SQLSTATE 25006 (read_only_sql_transaction), as diesel maps it: the kind, not
+    // the message text, which depends on the server's language and version.
     assert!(
         matches!(
             err,
-            diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::ReadOnlyTransaction,
-                _
-            )
+            diesel::result::Error::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, _)
         ),
         "{err:?}"
     );
@@ -528,23 +528,43 @@ async fn a_connection_dropped_mid_transaction_is_not_reused() {
 
     drop(conn);
 
+    // A healthy connection goes back to the pool and is reused (max size 1).
+    let reused_pid = {
+        let mut conn = pool.get_primary().await.unwrap();
+        backend_pid(&mut conn).await
+    };
+    assert_eq!(reused_pid, second_pid, "a healthy connection is reused");
+
     // Panicking with a live connection: it is discarded too, and the pool still works.
+    // The task reports which backend it held before it panics, so that the check
+    // that it held the reused (healthy) connection is made here, not in the task.
+    let (held_tx, held_rx) = tokio::sync::oneshot::channel();
     let pool2 = pool.clone();
     let panicked = tokio::spawn(async move {
         let mut conn = pool2.get_primary().await.unwrap();
-        assert_eq!(
-            backend_pid(&mut conn).await,
-            second_pid,
-            "a healthy connection is reused"
-        );
+        held_tx.send(backend_pid(&mut conn).await).unwrap();
         panic!("deliberate");
     })
     .await;
-    assert!(panicked.unwrap_err().is_panic());
+    let held_pid = held_rx
+        .await
+        .expect("the task panicked before it had a connection");
+    assert_eq!(
+        held_pid, second_pid,
+        "the panicking task held the healthy, reused connection"
+    );
+    let payload = panicked
+        .expect_err("the task was meant to panic")
+        .into_panic();
+    assert_eq!(
+        payload.downcast_ref::<&str>().copied(),
+        Some("deliberate"),
+        "the task panicked for another reason"
+    );
     let mut conn = pool.get_primary().await.unwrap();
     assert_ne!(
         backend_pid(&mut conn).await,
-        second_pid,
+        held_pid,
         "the connection of a panicking task was reused"
     );
 }

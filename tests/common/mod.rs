@@ -93,3 +93,34 @@ pub async fn until(what: &str, mut condition: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// `url` with its user replaced by `user` (`postgres://USER@host:port/db`).
+pub fn as_user(url: &str, user: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
+    let (_, host) = rest.split_once('@').expect("a URL with a user");
+    format!("{scheme}://{user}@{host}")
+}
+
+/// Create the login role `name` on the primary and wait until every replica has it.
+///
+/// pg_stat_statements counts per role, so a test whose pool connects as its own
+/// role can count the statements it ran on each node (see
+/// [`statement_calls_by`]) even when other tests run the same SQL at the same time.
+pub async fn create_role(cluster: &LocalCluster, name: &str) {
+    create_table(cluster, &format!("CREATE ROLE {name} LOGIN SUPERUSER")).await;
+}
+
+/// Like [`statement_calls`], counting only the statements run by the role `user`.
+pub async fn statement_calls_by(url: &str, user: &str, verb: &str, needle: &str) -> i64 {
+    let client = admin(url).await;
+    let row = client
+        .query_one(
+            "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements \
+             WHERE query ILIKE '%' || $1 || '%' AND ltrim(query) ILIKE $2 || '%' \
+             AND userid = (SELECT oid FROM pg_roles WHERE rolname = $3)",
+            &[&needle, &verb, &user],
+        )
+        .await
+        .unwrap();
+    row.get(0)
+}
