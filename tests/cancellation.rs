@@ -132,6 +132,19 @@ async fn every_future_can_be_dropped_at_every_await_point() {
     drop(conn);
     pool_works(&pool, &cluster).await;
 
+    cut_everywhere(
+        "get_for_session()",
+        || pool.get_for_session("cut-session"),
+        || pool_works(&pool, &cluster),
+    )
+    .await;
+    cut_everywhere(
+        "wait_for_replication()",
+        || pool.wait_for_replication(Duration::from_secs(5)),
+        || pool_works(&pool, &cluster),
+    )
+    .await;
+
     // A re-runnable replica read, and a transaction begin.
     cut_everywhere(
         "a replica read",

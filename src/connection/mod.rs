@@ -33,7 +33,7 @@ use tracing::Instrument;
 
 use crate::classify::{Classifier, Verdict};
 use crate::router::Router;
-use crate::{Error, SwitchReason, Target};
+use crate::{rwsplit_error, Error, SwitchReason, Target};
 
 pub use backend::{LoadFut, PgRow, RowStream, SqlText, StatementFailure, SwitchTarget};
 pub(crate) use node::BbNodePool;
@@ -57,12 +57,54 @@ pub enum InterlockMode {
     Observe,
 }
 
-/// One run of a rendered statement on one inner connection.
-type Attempt<C, T> = for<'c> fn(
-    &'c mut C,
-    &'c mut <C as SwitchTarget>::Rendered,
-    &'c <C as SwitchTarget>::RenderCtx,
-) -> BoxFuture<'c, QueryResult<T>>;
+/// One run of a rendered statement on one inner connection. A trait rather than
+/// a function pointer, so that a read's future is not boxed once more per attempt.
+trait Attempt<C: SwitchTarget> {
+    type Output;
+
+    fn run<'c>(
+        conn: &'c mut C,
+        rendered: &'c mut C::Rendered,
+        ctx: &'c C::RenderCtx,
+    ) -> impl std::future::Future<Output = QueryResult<Self::Output>> + Send + 'c;
+}
+
+/// A load, up to its first row: a server going away mid-query shows up as the
+/// stream's first item, and a read may run elsewhere only while no row has come
+/// back. Fused: an empty result ends the stream, and `chain` polls it again; a row
+/// stream polled past its end says "connection closed".
+struct LoadFirstRow;
+
+impl<C: SwitchTarget> Attempt<C> for LoadFirstRow {
+    type Output = RowStream<'static, C::OwnedRow>;
+
+    async fn run<'c>(
+        conn: &'c mut C,
+        rendered: &'c mut C::Rendered,
+        ctx: &'c C::RenderCtx,
+    ) -> QueryResult<Self::Output> {
+        let mut rows = C::load_rendered(conn, rendered, ctx).await?.fuse();
+        match rows.next().await {
+            Some(Err(e)) => Err(e),
+            first => Ok(futures_util::stream::iter(first).chain(rows).boxed()),
+        }
+    }
+}
+
+/// A statement that returns a row count.
+struct ExecuteCount;
+
+impl<C: SwitchTarget> Attempt<C> for ExecuteCount {
+    type Output = usize;
+
+    fn run<'c>(
+        conn: &'c mut C,
+        rendered: &'c mut C::Rendered,
+        ctx: &'c C::RenderCtx,
+    ) -> impl std::future::Future<Output = QueryResult<usize>> + Send + 'c {
+        C::execute_rendered(conn, rendered, ctx)
+    }
+}
 
 /// A handle to an inner connection: owned (`Box<C>`) or checked out of a pool.
 pub(crate) type Handle<C> = NodeConnection<C>;
@@ -494,64 +536,77 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
     /// elsewhere after a lost session or a recovery conflict, run again on the
     /// primary after a read-only refusal (see the type's docs). Swaps nodes only
     /// once the new one is in hand, so it can be dropped at any await point.
-    async fn run_on_replica<T>(
+    async fn run_on_replica<A: Attempt<C>>(
         &mut self,
         rendered: &mut C::Rendered,
-        attempt: Attempt<C, T>,
-    ) -> QueryResult<T> {
+    ) -> QueryResult<A::Output> {
         let mut retried = false;
         loop {
             let on_replica = self.primary.is_none();
             let bound = self.router.replica_read_timeout.filter(|_| on_replica);
             let (conn, ctx) = self.active_with_ctx();
             let result = match bound {
-                None => attempt(conn, rendered, ctx).await,
-                Some(bound) => {
-                    match tokio::time::timeout(bound, attempt(conn, rendered, ctx)).await {
-                        Ok(result) => result,
-                        Err(_) => {
-                            let node = self.abandon_replica_session(bound);
-                            if self.router.read_retry && !retried {
-                                retried = true;
-                                self.move_after_failed_read(&format!("no answer within {bound:?}"))
-                                    .await?;
-                                continue;
-                            }
-                            return Err(DieselError::QueryBuilderError(Box::new(
-                                Error::ReadTimedOut {
-                                    node,
-                                    timeout: bound,
-                                },
-                            )));
-                        }
-                    }
-                }
-            };
-            let error = match result {
-                Ok(value) => return Ok(value),
-                Err(error) if on_replica => error,
-                Err(error) => return Err(error),
-            };
-            let may_retry = self.router.read_retry && !retried;
-            match self.replica_failure(&error, may_retry).await {
-                StatementFailure::ReadOnlyRefused if self.router.mode == InterlockMode::Switch => {
-                    self.heal_refused(C::rendered_sql(rendered)).await?;
-                }
-                failure @ (StatementFailure::SessionLost | StatementFailure::RecoveryConflict)
-                    if may_retry =>
+                None => A::run(conn, rendered, ctx).await,
+                Some(bound) => match tokio::time::timeout(bound, A::run(conn, rendered, ctx)).await
                 {
-                    retried = true;
-                    if failure == StatementFailure::SessionLost {
-                        self.suspect_replica(&error);
-                    }
-                    self.move_after_failed_read(&error.to_string()).await?;
+                    Ok(result) => result,
+                    Err(_) => Err(DieselError::QueryBuilderError(Box::new(
+                        Error::ReadTimedOut {
+                            node: self.abandon_replica_session(bound),
+                            timeout: bound,
+                        },
+                    ))),
+                },
+            };
+            match result {
+                Ok(value) => return Ok(value),
+                Err(error) if on_replica => {
+                    // Boxed: the failure paths' futures would otherwise make every
+                    // read's future larger (and its copies dearer).
+                    let sql = C::rendered_sql(rendered);
+                    self.after_replica_error(error, sql, &mut retried)
+                        .boxed()
+                        .await?;
                 }
-                StatementFailure::SessionLost => {
-                    self.suspect_replica(&error);
-                    return Err(error);
-                }
-                _ => return Err(error),
+                Err(error) => return Err(error),
             }
+        }
+    }
+
+    /// A replica statement failed: `Ok` to run it again (on another replica, or on
+    /// the primary it has flipped to), `Err` to return that error.
+    async fn after_replica_error(
+        &mut self,
+        error: DieselError,
+        sql: &str,
+        retried: &mut bool,
+    ) -> QueryResult<()> {
+        let may_retry = self.router.read_retry && !*retried;
+        if matches!(rwsplit_error(&error), Some(Error::ReadTimedOut { .. })) {
+            if !may_retry {
+                return Err(error);
+            }
+            *retried = true;
+            return self.move_after_failed_read(&error.to_string()).await;
+        }
+        match self.replica_failure(&error, may_retry).await {
+            StatementFailure::ReadOnlyRefused if self.router.mode == InterlockMode::Switch => {
+                self.heal_refused(sql).await
+            }
+            failure @ (StatementFailure::SessionLost | StatementFailure::RecoveryConflict)
+                if may_retry =>
+            {
+                *retried = true;
+                if failure == StatementFailure::SessionLost {
+                    self.suspect_replica(&error);
+                }
+                self.move_after_failed_read(&error.to_string()).await
+            }
+            StatementFailure::SessionLost => {
+                self.suspect_replica(&error);
+                Err(error)
+            }
+            _ => Err(error),
         }
     }
 
@@ -904,9 +959,7 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
                 drop(query);
                 let read = async move {
                     let mut rendered = rendered?;
-                    let rows = self
-                        .run_on_replica(&mut rendered, load_first_row::<C>)
-                        .await?;
+                    let rows = self.run_on_replica::<LoadFirstRow>(&mut rendered).await?;
                     Ok(rows as RowStream<'conn, C::OwnedRow>)
                 };
                 with_span(read.boxed(), Target::Replica)
@@ -945,8 +998,7 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
                 drop(source);
                 let read = async move {
                     let mut rendered = rendered?;
-                    self.run_on_replica(&mut rendered, C::execute_rendered)
-                        .await
+                    self.run_on_replica::<ExecuteCount>(&mut rendered).await
                 };
                 with_span(read.boxed(), Target::Replica)
             }
@@ -967,25 +1019,6 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
             }
         }
     }
-}
-
-/// Run a rendering and wait for its first row: a server going away mid-query
-/// shows up as the stream's first item, and a read may run elsewhere only while no
-/// row has come back. Fused: an empty result ends the stream, and `chain` polls it
-/// again; a row stream polled past its end says "connection closed".
-fn load_first_row<'c, C: SwitchTarget>(
-    conn: &'c mut C,
-    rendered: &'c mut C::Rendered,
-    ctx: &'c C::RenderCtx,
-) -> BoxFuture<'c, QueryResult<RowStream<'static, C::OwnedRow>>> {
-    async move {
-        let mut rows = C::load_rendered(conn, rendered, ctx).await?.fuse();
-        match rows.next().await {
-            Some(Err(e)) => Err(e),
-            first => Ok(futures_util::stream::iter(first).chain(rows).boxed()),
-        }
-    }
-    .boxed()
 }
 
 /// Attach the statement span only when someone listens: an instrumented future
