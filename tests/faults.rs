@@ -114,6 +114,27 @@ async fn an_unreachable_primary_fails_the_build_unless_reads_only_start_is_allow
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_session_killed_while_idle_does_not_eject_its_replica() {
+    let cluster = cluster(1).await;
+    let pool = builder(&cluster).build().await.unwrap();
+    let replica = port_of(&cluster.replica_url(0).unwrap());
+    let mut conn = pool.get().await.unwrap();
+    let pid = backend_pid(&mut conn).await;
+    drop(conn); // idle in the replica's pool now
+    let killer = admin(&cluster.replica_url(0).unwrap()).await;
+    tokio_postgres::Client::execute(&killer, "SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    // As an idle_session_timeout would: the pooled session is gone, the node is fine.
+    let mut conn = pool.get().await.unwrap();
+    assert_eq!(conn.target(), Target::Replica);
+    assert_eq!(server_port(&mut conn).await, replica);
+    assert_ne!(backend_pid(&mut conn).await, pid, "a new session");
+    assert_eq!(pool.stats().ejections().0, 0);
+    assert_eq!(pool.replica_admitted(), vec![true]);
+}
+
 #[tokio::test]
 async fn observe_mode_runs_a_test_transaction_on_the_primary() {
     let cluster = cluster(1).await;
@@ -397,4 +418,13 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+async fn backend_pid(conn: &mut diesel_rwsplit::PooledConnection) -> i32 {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+        "pg_backend_pid()",
+    ))
+    .get_result(conn)
+    .await
+    .unwrap()
 }

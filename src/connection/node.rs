@@ -31,6 +31,9 @@ pub struct NodeFailure {
     pub kind: FailureKind,
     /// The cause (a driver or I/O error, or a sentence). Never holds a password.
     pub source: Arc<dyn std::error::Error + Send + Sync>,
+    /// One pooled session was found dead (closed by the server, an idle timeout, a
+    /// `pg_terminate_backend`): evidence against that session, not the node.
+    stale_session: bool,
 }
 
 impl NodeFailure {
@@ -39,6 +42,14 @@ impl NodeFailure {
         NodeFailure {
             kind,
             source: Arc::from(source.into()),
+            stale_session: false,
+        }
+    }
+
+    fn stale_session(source: impl Into<BoxError>) -> Self {
+        NodeFailure {
+            stale_session: true,
+            ..NodeFailure::new(FailureKind::NotAccepting, source)
         }
     }
 
@@ -162,8 +173,12 @@ impl std::fmt::Debug for Sink {
 }
 
 impl bb8::ErrorSink<NodeFailure> for Sink {
+    /// A dead pooled session is not recorded: bb8 discards it and opens another,
+    /// whose own failure, if the node is down, is the evidence.
     fn sink(&self, failure: NodeFailure) {
-        self.0.record(failure);
+        if !failure.stale_session {
+            self.0.record(failure);
+        }
     }
 
     fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<NodeFailure>> {
@@ -192,7 +207,7 @@ impl<C: SwitchTarget> bb8::ManageConnection for Manager<C> {
         let bound = self.settings.connect_timeout;
         match tokio::time::timeout(bound, conn.batch_execute("SELECT 1")).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(NodeFailure::new(FailureKind::NotAccepting, Box::new(e))),
+            Ok(Err(e)) => Err(NodeFailure::stale_session(Box::new(e))),
             Err(_) => {
                 // The session's state is unknown now: never hand it out again.
                 super::mark_broken(conn);
