@@ -11,7 +11,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use common::{port_of, server_port};
+use common::{port_of, server_port, write_event};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_rwsplit::testing::LocalCluster;
 use diesel_rwsplit::{InterlockMode, SwitchablePool, Target};
@@ -77,14 +77,7 @@ async fn pool_works(pool: &SwitchablePool, cluster: &LocalCluster) {
         let port = server_port(&mut conn).await;
         assert_ne!(port, port_of(&cluster.primary_url()));
     }
-    diesel::sql_query("INSERT INTO events (kind) VALUES ('cancel_check')")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(
-        server_port(&mut conn).await,
-        port_of(&cluster.primary_url())
-    );
+    write_event(&mut conn, cluster, "cancel_check").await;
     drop(conn);
     assert_eq!(pool.replica_checked_out(), vec![0, 0]);
 }

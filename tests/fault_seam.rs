@@ -9,7 +9,7 @@ use std::pin::pin;
 use std::task::{Context, Waker};
 use std::time::Duration;
 
-use common::{admin, port_of, server_port, until};
+use common::{backend_pid, port_of, server_port, terminate, until, write_event};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_rwsplit::testing::{Fault, FaultNode, FaultStep, Faults, LocalCluster};
 use diesel_rwsplit::{FailureKind, SwitchablePool, Target};
@@ -122,14 +122,7 @@ async fn a_flip_dropped_while_the_primary_hangs_leaves_the_connection_on_its_rep
     .await;
     assert_eq!(conn.target(), Target::Replica);
     assert_eq!(server_port(&mut conn).await, replica);
-    diesel::sql_query("INSERT INTO events (kind) VALUES ('seam_flip')")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(
-        server_port(&mut conn).await,
-        port_of(&cluster.primary_url())
-    );
+    write_event(&mut conn, &cluster, "seam_flip").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,12 +137,7 @@ async fn a_read_retry_dropped_while_the_next_node_hangs_keeps_a_node_in_hand() {
     };
     // Kill the session under the connection; the retry then hangs on the next node
     // (and on the primary, should it fall back).
-    let pid: i32 = diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
-        "pg_backend_pid()",
-    ))
-    .get_result(&mut conn)
-    .await
-    .unwrap();
+    let pid = backend_pid(&mut conn).await;
     terminate(&cluster.replica_url(first_index).unwrap(), pid).await;
     faults.inject(
         FaultNode::Replica(next_index),
@@ -184,12 +172,7 @@ async fn a_suspected_replica_that_does_not_serve_a_new_session_is_ejected() {
     let mut conn = pool.get().await.unwrap();
     let first = server_port(&mut conn).await;
     let index = usize::from(first != port_of(&cluster.replica_url(0).unwrap()));
-    let pid: i32 = diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
-        "pg_backend_pid()",
-    ))
-    .get_result(&mut conn)
-    .await
-    .unwrap();
+    let pid = backend_pid(&mut conn).await;
     faults.inject(
         FaultNode::Replica(index),
         FaultStep::Probe,
@@ -203,11 +186,4 @@ async fn a_suspected_replica_that_does_not_serve_a_new_session_is_ejected() {
     })
     .await;
     assert_eq!(faults.hits(FaultNode::Replica(index), FaultStep::Probe), 1);
-}
-
-async fn terminate(url: &str, pid: i32) {
-    let client = admin(url).await;
-    tokio_postgres::Client::execute(&client, "SELECT pg_terminate_backend($1)", &[&pid])
-        .await
-        .unwrap();
 }

@@ -6,7 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{admin, port_of, server_port, statement_calls, until, WAIT};
+use common::{
+    admin, backend_pid, port_of, server_port, statement_calls, terminate, until, until_async,
+    write_event, WAIT,
+};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_rwsplit::testing::LocalCluster;
@@ -122,10 +125,7 @@ async fn a_pooled_session_killed_while_idle_does_not_eject_its_replica() {
     let mut conn = pool.get().await.unwrap();
     let pid = backend_pid(&mut conn).await;
     drop(conn); // idle in the replica's pool now
-    let killer = admin(&cluster.replica_url(0).unwrap()).await;
-    tokio_postgres::Client::execute(&killer, "SELECT pg_terminate_backend($1)", &[&pid])
-        .await
-        .unwrap();
+    terminate(&cluster.replica_url(0).unwrap(), pid).await;
     // As an idle_session_timeout would: the pooled session is gone, the node is fine.
     let mut conn = pool.get().await.unwrap();
     assert_eq!(conn.target(), Target::Replica);
@@ -145,14 +145,7 @@ async fn observe_mode_runs_a_test_transaction_on_the_primary() {
         .unwrap();
     let mut conn = pool.get().await.unwrap();
     conn.begin_test_transaction().await.unwrap();
-    diesel::sql_query("INSERT INTO events (kind) VALUES ('observe_test_tx')")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(
-        server_port(&mut conn).await,
-        port_of(&cluster.primary_url())
-    );
+    write_event(&mut conn, &cluster, "observe_test_tx").await;
     drop(conn);
     // The test transaction was rolled back with the connection: nothing landed.
     let left = admin(&cluster.primary_url())
@@ -397,34 +390,6 @@ async fn a_cancelled_write_leaves_a_connection_that_works() {
     assert!(waiting.is_err(), "the write waited for the primary");
     assert_eq!(conn.target(), Target::Replica, "nothing changed");
     drop(holder);
-    diesel::sql_query("INSERT INTO events (kind) VALUES ('after_cancel')")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    write_event(&mut conn, &cluster, "after_cancel").await;
     assert_eq!(conn.target(), Target::Primary);
-    assert_eq!(
-        server_port(&mut conn).await,
-        port_of(&cluster.primary_url())
-    );
-}
-
-async fn until_async<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn backend_pid(conn: &mut diesel_rwsplit::PooledConnection) -> i32 {
-    diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
-        "pg_backend_pid()",
-    ))
-    .get_result(conn)
-    .await
-    .unwrap()
 }

@@ -124,3 +124,54 @@ pub async fn statement_calls_by(url: &str, user: &str, verb: &str, needle: &str)
         .unwrap();
     row.get(0)
 }
+
+/// Insert an event through `conn` (which flips it to the primary if it is on a
+/// replica) and check that the write ran on the primary.
+pub async fn write_event(
+    conn: &mut diesel_rwsplit::PooledConnection,
+    cluster: &LocalCluster,
+    kind: &str,
+) {
+    use diesel_async::RunQueryDsl;
+    diesel::sql_query("INSERT INTO events (kind) VALUES ($1)")
+        .bind::<diesel::sql_types::Text, _>(kind)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(server_port(conn).await, port_of(&cluster.primary_url()));
+}
+
+/// The backend pid of the session that answers a read on this connection.
+pub async fn backend_pid(conn: &mut diesel_rwsplit::PooledConnection) -> i32 {
+    use diesel_async::RunQueryDsl;
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+        "pg_backend_pid()",
+    ))
+    .get_result(conn)
+    .await
+    .unwrap()
+}
+
+/// End the session `pid` on the node at `url`.
+pub async fn terminate(url: &str, pid: i32) {
+    let client = admin(url).await;
+    tokio_postgres::Client::execute(&client, "SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+}
+
+/// Poll an async `condition` every 10 ms until it holds; fail after [`WAIT`].
+pub async fn until_async<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + WAIT;
+    while !condition().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
