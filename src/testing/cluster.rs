@@ -391,6 +391,12 @@ impl LocalCluster {
             return Ok(());
         }
         self.start_node(node, false).await?;
+        self.wait_streaming_if_standby(index).await
+    }
+
+    /// Wait until replica `index` streams again, unless it is no longer a standby.
+    async fn wait_streaming_if_standby(&self, index: usize) -> Result<()> {
+        let node = self.replica(index)?;
         let standby = node
             .in_recovery()
             .await
@@ -411,15 +417,8 @@ impl LocalCluster {
         // Same port: the replicas' primary_conninfo names it.
         self.start_node(&self.primary, false).await?;
         for (index, node) in self.replicas.iter().enumerate() {
-            if node.pid().is_none() {
-                continue;
-            }
-            let standby = node
-                .in_recovery()
-                .await
-                .map_err(|e| self.err(&node.name, ClusterStep::Query, e))?;
-            if standby {
-                self.wait_streaming(index).await?;
+            if node.pid().is_some() {
+                self.wait_streaming_if_standby(index).await?;
             }
         }
         Ok(())
