@@ -455,9 +455,13 @@ impl<C: SwitchTarget> NodeSource<C> for Source<C> {
 /// of landing anywhere. The primary pool opens no connection until a connection
 /// first flips to it.
 ///
-/// Health: a replica that fails to connect, or whose connection breaks during a
-/// read, is ejected for a backoff (exponential, capped) and probed in the
-/// background until it answers, then re-admitted. The primary is never ejected.
+/// Health: a replica that fails to serve a new session (refused, no answer within
+/// the connect timeout, shutting down, bad credentials) is ejected for a backoff
+/// (exponential, capped) and probed in the background until it answers, then
+/// re-admitted. A replica that loses one session, or hangs a read, is probed with
+/// a new session first; a replica whose connections are all busy is saturated,
+/// never ejected (see the crate docs, "Failure behaviour"). The primary is never
+/// ejected.
 /// With every replica out, replica-first connections are served by the primary
 /// (counted in [`StatsSnapshot::replica_fallbacks`]) unless
 /// [`fallback_to_primary(false)`](SwitchablePoolBuilder::fallback_to_primary).
@@ -832,15 +836,19 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
         self
     }
 
-    /// How long a checkout may wait for a primary connection. Default: 30 s.
+    /// How long a checkout may wait for a primary connection (failed connects are
+    /// retried within it). When it passes, the statement that needed the primary
+    /// fails with [`Error::PrimaryUnavailable`], which says why. Default: 30 s.
     pub fn primary_checkout_timeout(mut self, timeout: Duration) -> Self {
         self.primary_settings.checkout_timeout = timeout;
         self
     }
 
     /// How long a checkout may wait for a replica connection (connecting and
-    /// validating included) before the replica is ejected and the next node tried.
-    /// Default: 3 s.
+    /// validating included) before the next node is tried. A checkout that waited
+    /// this long while the replica answered counts as saturation, not failure: the
+    /// replica stays in rotation. A failed connect ends the checkout at once and
+    /// ejects the replica. Default: 3 s.
     pub fn replica_checkout_timeout(mut self, timeout: Duration) -> Self {
         self.replica_settings.checkout_timeout = timeout;
         self
@@ -884,9 +892,11 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
         self
     }
 
-    /// Retry once, on another replica or the primary, a replica read that failed at
-    /// the connection level before any row came back (counted; writes are never
-    /// retried). Default: `true`.
+    /// Retry once, on another replica or the primary, a replica read whose session
+    /// was lost, that a hot standby cancelled for a recovery conflict, or that passed
+    /// its client-side bound, before any row came back (counted; writes are never
+    /// retried). The rendering that makes reads re-runnable also lets a statement a
+    /// replica refused as a write (25006) run again on the primary. Default: `true`.
     ///
     /// To be re-runnable, each replica read is rendered to owned SQL and binds; the
     /// SQL text of a query type with a static query id is built once and shared, so
