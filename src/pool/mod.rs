@@ -915,13 +915,25 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
 
     /// Skip replicas whose replay is more than this many bytes behind the primary
     /// (as the monitor last saw it; an unknown lag counts as too much). Default: no limit.
+    ///
+    /// While the primary does not answer the monitor, replicas are not dropped for
+    /// want of a measurement (a primary outage must not become a read outage): each
+    /// standby that answers is measured against the primary's *last known
+    /// position*, the larger of its last answer and the most WAL any standby has
+    /// received since. A replica caught up with it keeps serving; one that was too
+    /// far behind stays out until it has replayed to within the limit. The bound:
+    /// such a replica can miss, beyond the limit, only what the primary wrote after
+    /// the monitor last reached it that no standby received (this pool's writes fail
+    /// meanwhile). The same holds for [`max_replica_lag`](Self::max_replica_lag).
     pub fn max_replica_lag_bytes(mut self, bytes: u64) -> Self {
         self.max_lag_bytes = Some(bytes);
         self
     }
 
     /// Skip replicas that have been behind the primary for longer than this.
-    /// Default: no limit.
+    /// Default: no limit. During a primary outage, a replica that has replayed the
+    /// primary's last known position lacks nothing it is known to have had and keeps
+    /// serving (see [`max_replica_lag_bytes`](Self::max_replica_lag_bytes)).
     pub fn max_replica_lag(mut self, lag: Duration) -> Self {
         self.max_lag = Some(lag);
         self
