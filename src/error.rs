@@ -231,6 +231,8 @@ pub enum NodeStep {
     Checkout,
     /// Opening a fresh session to see whether a suspected or ejected node answers.
     Probe,
+    /// Reading the function catalog (`pg_proc`).
+    Catalog,
 }
 
 impl fmt::Display for NodeStep {
@@ -241,6 +243,7 @@ impl fmt::Display for NodeStep {
             NodeStep::Validate => "validating a pooled connection",
             NodeStep::Checkout => "checking out a connection",
             NodeStep::Probe => "probing with a new session",
+            NodeStep::Catalog => "reading the function catalog",
         })
     }
 }

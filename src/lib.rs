@@ -209,6 +209,7 @@
 
 #[cfg(feature = "axum")]
 pub mod axum;
+mod catalog;
 pub mod classify;
 mod connection;
 mod error;
@@ -249,5 +250,6 @@ pub use route::{Route, SwitchReason, Target};
 pub use stats::{CausalOutcome, FingerprintCount, StatsSnapshot};
 mod consistency;
 mod monitor;
+pub use catalog::volatile_user_functions;
 pub use consistency::CausalToken;
 pub use monitor::ReplicaStatus;

@@ -262,6 +262,20 @@ impl ClassifierBuilder {
         self
     }
 
+    /// Declare several write functions at once (see [`write_function`](Self::write_function)),
+    /// for example those [`volatile_user_functions`](crate::volatile_user_functions)
+    /// reads from the database. Default: none.
+    #[must_use = "the builder is consumed: keep the returned one"]
+    pub fn write_functions<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.write
+            .extend(names.into_iter().map(|name| name.as_ref().to_owned()));
+        self
+    }
+
     /// Declare a function read-only: calls to it never send a statement to the primary,
     /// even if it is a built-in side-effect function (say `currval`, when the application
     /// knows what it is doing) or was declared with

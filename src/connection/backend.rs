@@ -289,17 +289,7 @@ impl SwitchTarget for AsyncPgConnection {
 
     fn connect_node(settings: &NodePoolSettings) -> BoxFuture<'_, Result<Self, NodeFailure>> {
         async move {
-            let mut config = settings
-                .url
-                .parse::<tokio_postgres::Config>()
-                .map_err(|e| NodeFailure::new(FailureKind::Other, Box::new(e)))?;
-            config
-                .connect_timeout(settings.connect_timeout)
-                .keepalives(true)
-                .keepalives_idle(KEEPALIVE_IDLE)
-                .keepalives_interval(KEEPALIVE_INTERVAL)
-                .keepalives_retries(KEEPALIVE_RETRIES);
-            let (client, connection) = config
+            let (client, connection) = pg_config(&settings.url, settings.connect_timeout)?
                 .connect(tokio_postgres::NoTls)
                 .await
                 .map_err(pg_connect_failure)?;
@@ -413,6 +403,24 @@ impl SwitchTarget for AsyncPgConnection {
     fn inner_is_broken(conn: &mut Self) -> bool {
         diesel_async::pooled_connection::PoolableConnection::is_broken(conn)
     }
+}
+
+/// The driver configuration of a session the crate opens: the URL's settings, the
+/// connect timeout, TCP keepalives.
+pub(crate) fn pg_config(
+    url: &str,
+    connect_timeout: std::time::Duration,
+) -> Result<tokio_postgres::Config, NodeFailure> {
+    let mut config = url
+        .parse::<tokio_postgres::Config>()
+        .map_err(|e| NodeFailure::new(FailureKind::Other, Box::new(e)))?;
+    config
+        .connect_timeout(connect_timeout)
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_RETRIES);
+    Ok(config)
 }
 
 /// A tokio-postgres connect error, typed by SQLSTATE and I/O error kind.

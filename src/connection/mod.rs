@@ -35,6 +35,7 @@ use crate::classify::{Classifier, Verdict};
 use crate::router::Router;
 use crate::{rwsplit_error, Error, SwitchReason, Target};
 
+pub(crate) use backend::{pg_config, pg_connect_failure};
 pub use backend::{LoadFut, PgRow, RowStream, SqlText, StatementFailure, SwitchTarget};
 pub(crate) use node::BbNodePool;
 pub use node::{NodeConnection, NodeFailure, NodePool, NodePoolSettings};

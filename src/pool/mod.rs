@@ -1017,11 +1017,11 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
                 )));
             }
         }
-        let primary_name = format!("primary ({})", describe_url(&primary_url, "primary")?);
+        let primary_name = node_name("primary", &primary_url)?;
         let mut replica_names = Vec::with_capacity(self.replicas.len());
         for (index, url) in self.replicas.iter().enumerate() {
             let label = format!("replica{}", index + 1);
-            replica_names.push(format!("{label} ({})", describe_url(url, &label)?));
+            replica_names.push(node_name(&label, url)?);
         }
         let mut unreachable_replicas = Vec::new();
         if self.verify_on_build {
@@ -1198,6 +1198,11 @@ async fn reachable(name: String, url: String, timeout: Duration) -> Result<(), E
         }
     }
     Ok(())
+}
+
+/// `label (host:port)`: a node's name in errors and logs; never the password.
+pub(crate) fn node_name(label: &str, url: &str) -> Result<String, Error> {
+    Ok(format!("{label} ({})", describe_url(url, label)?))
 }
 
 /// `host:port` of a connection URL, for names in errors and logs; never the password.
