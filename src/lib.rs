@@ -148,7 +148,8 @@
 //!   [`SwitchablePoolBuilder::replica_statement_timeout`], a replica read that has no
 //!   first row after that timeout plus [`REPLICA_READ_GRACE`] is given up on: a
 //!   cancel request is sent, the session discarded, the replica suspected, and the
-//!   read retried elsewhere. Every session the crate opens has TCP keepalives on.
+//!   read retried elsewhere; rows after the first must come within the bound again.
+//!   Every session the crate opens has TCP keepalives on.
 //! - **A primary outage is not a read outage.** Reads stay on the replicas; writes
 //!   fail after [`SwitchablePoolBuilder::primary_checkout_timeout`] with
 //!   [`Error::PrimaryUnavailable`], which says why (refused, no answer, ...).

@@ -241,6 +241,59 @@ async fn a_frozen_replica_cannot_hold_a_read() {
     assert_eq!(stats.read_retries(), 1);
 }
 
+#[derive(diesel::QueryableByName)]
+struct Payload {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    payload: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_frozen_mid_stream_cannot_hold_the_rest_of_a_read() {
+    use futures_util::StreamExt;
+    let cluster = cluster(1).await;
+    let pool = builder(&cluster)
+        .replica_statement_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let mut conn = pool.get().await.unwrap();
+    // 16 kB rows are flushed one by one; the fourth waits on the server.
+    let query = diesel::sql_query(
+        "SELECT repeat('x', 16384) || n AS payload /* fz_stream */ \
+         FROM generate_series(1, 6) n CROSS JOIN LATERAL pg_sleep(CASE WHEN n = 4 THEN 1.5 ELSE 0 END)",
+    );
+    let mut rows = query.load_stream::<Payload>(&mut conn).await.unwrap();
+    let first = rows.next().await.unwrap().unwrap();
+    assert!(first.payload.ends_with('1'));
+    cluster.freeze_replica(0).await.unwrap();
+    let rest = tokio::time::timeout(Duration::from_secs(2 + 3), async {
+        let mut got = 1;
+        loop {
+            match rows.next().await {
+                Some(Ok(_)) => got += 1,
+                Some(Err(error)) => return (got, Some(error)),
+                None => return (got, None),
+            }
+        }
+    })
+    .await;
+    cluster.thaw_replica(0).await.unwrap();
+    let (got, error) = rest.expect("the rest of the read is bounded too");
+    assert!(got < 6, "{got} rows");
+    let error = error.expect("the read ends with an error, not a short result");
+    assert!(
+        matches!(rwsplit_error(&error), Some(Error::ReadTimedOut { .. })),
+        "{error:?}"
+    );
+    drop(rows);
+    assert_eq!(pool.stats().read_timeouts(), 1);
+    // The hung session is never handed out again.
+    let pid = backend_pid(&mut conn).await;
+    drop(conn);
+    let mut again = pool.get().await.unwrap();
+    assert_ne!(backend_pid(&mut again).await, pid);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_outage_is_not_a_read_outage() {
     let cluster = cluster(2).await;

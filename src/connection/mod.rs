@@ -18,6 +18,7 @@ mod transaction;
 mod update;
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use diesel::connection::{CacheSize, Instrumentation, InstrumentationEvent};
@@ -216,6 +217,9 @@ pub struct SwitchableConnection<C: SwitchTarget> {
     wrote: bool,
     /// Observe mode: at least one statement ran in this unit of work.
     observed_any: bool,
+    /// Set by a bounded row stream whose rows stopped coming (see
+    /// `bound_rest_of_read`); made on first use, only with a read bound.
+    hung_replica_session: Option<Arc<AtomicBool>>,
 }
 
 impl<C: SwitchTarget> fmt::Debug for SwitchableConnection<C> {
@@ -293,6 +297,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             after_write: None,
             wrote: false,
             observed_any: false,
+            hung_replica_session: None,
         }
     }
 
@@ -611,6 +616,67 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         }
     }
 
+    /// The rows after a replica read's first one are bounded too: they must all
+    /// have come within the client-side bound again. On expiry the stream ends with
+    /// [`Error::ReadTimedOut`] (rows came back, so nothing is retried), a cancel
+    /// request is sent, and the session is discarded when the connection next
+    /// checks its health or goes back to its pool.
+    fn bound_rest_of_read(
+        &mut self,
+        rows: RowStream<'static, C::OwnedRow>,
+    ) -> RowStream<'static, C::OwnedRow> {
+        let (Some(bound), None, Some(replica)) = (
+            self.router.replica_read_timeout,
+            &self.primary,
+            self.replica.as_deref(),
+        ) else {
+            return rows;
+        };
+        let hung = Arc::clone(
+            self.hung_replica_session
+                .get_or_insert_with(|| Arc::new(AtomicBool::new(false))),
+        );
+        let node = self.replica_name.as_deref().unwrap_or("replica").to_owned();
+        let cancel = C::cancel_request(replica);
+        let stats = Arc::clone(&self.router);
+        let deadline = tokio::time::sleep(bound);
+        futures_util::stream::unfold(
+            (rows, Box::pin(deadline), Some((cancel, node, hung, stats))),
+            move |(mut rows, mut deadline, mut armed)| async move {
+                tokio::select! {
+                    biased;
+                    row = rows.next() => row.map(|row| (row, (rows, deadline, armed))),
+                    () = &mut deadline, if armed.is_some() => {
+                        let (cancel, node, hung, router) = armed.take()?;
+                        hung.store(true, Ordering::Release);
+                        router.stats.record_read_timeout();
+                        if let Some(cancel) = cancel {
+                            tokio::spawn(cancel);
+                        }
+                        tracing::warn!(target: "diesel_rwsplit::pool", replica = %node, bound = ?bound, "a replica read's rows did not all come within the client-side bound; session discarded");
+                        let error = DieselError::QueryBuilderError(Box::new(Error::ReadTimedOut {
+                            node,
+                            timeout: bound,
+                        }));
+                        // The stream ends after the error: a hung session sends nothing more.
+                        Some((Err(error), (Box::pin(futures_util::stream::empty()) as RowStream<'static, C::OwnedRow>, deadline, None)))
+                    }
+                }
+            },
+        )
+        .boxed()
+    }
+
+    /// A read's rows stopped coming within the bound: never reuse that session.
+    fn discard_hung_replica_session(&mut self) {
+        if let (Some(hung), Some(replica)) = (&self.hung_replica_session, self.replica.as_mut()) {
+            if hung.swap(false, Ordering::AcqRel) {
+                mark_broken::<C>(replica);
+                self.suspect_replica(&"a read's rows stopped coming");
+            }
+        }
+    }
+
     /// What a replica statement's error says. A server error of no typed kind is
     /// either the statement's own or the last word of a session being terminated
     /// (57P01 and the like, which diesel does not type): when a retry would follow,
@@ -779,6 +845,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
     }
 
     pub(crate) fn any_broken(&mut self) -> bool {
+        self.discard_hung_replica_session();
         let replica = self.replica.as_mut().is_some_and(|r| C::inner_is_broken(r));
         let primary = self.primary.as_mut().is_some_and(|p| C::inner_is_broken(p));
         replica || primary
@@ -825,6 +892,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
 
 impl<C: SwitchTarget> Drop for SwitchableConnection<C> {
     fn drop(&mut self) {
+        self.discard_hung_replica_session();
         if self.wrote {
             if let Some(hook) = self.after_write.take() {
                 hook();
@@ -961,7 +1029,7 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
                 let read = async move {
                     let mut rendered = rendered?;
                     let rows = self.run_on_replica::<LoadFirstRow>(&mut rendered).await?;
-                    Ok(rows as RowStream<'conn, C::OwnedRow>)
+                    Ok(self.bound_rest_of_read(rows) as RowStream<'conn, C::OwnedRow>)
                 };
                 with_span(read.boxed(), Target::Replica)
             }

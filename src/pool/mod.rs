@@ -867,8 +867,11 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
     /// have answered by then: the node is hung) is given up on. A cancel request is
     /// sent, the session discarded, the replica probed (ejected if it does not serve
     /// a new session) and, with [`read_retry`](Self::read_retry), the read runs once
-    /// more on another node. Default: none (no bound on either side; TCP keepalives
-    /// still notice a vanished host, but not a frozen one whose kernel answers).
+    /// more on another node. The rest of its rows must then come within the bound
+    /// again; if they do not, the row stream ends with [`Error::ReadTimedOut`] (rows
+    /// came back, so it is not retried) and the session is discarded. Default: none
+    /// (no bound on either side; TCP keepalives still notice a vanished host, but
+    /// not a frozen one whose kernel answers).
     pub fn replica_statement_timeout(mut self, timeout: Duration) -> Self {
         self.replica_settings.statement_timeout = Some(timeout);
         self
