@@ -553,7 +553,11 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             let (conn, ctx) = self.active_with_ctx();
             let result = match bound {
                 None => A::run(conn, rendered, ctx).await,
-                Some(bound) => match tokio::time::timeout(bound, A::run(conn, rendered, ctx)).await
+                // Boxed: the timer would otherwise enlarge every read's future,
+                // bounded or not.
+                Some(bound) => match tokio::time::timeout(bound, A::run(conn, rendered, ctx))
+                    .boxed()
+                    .await
                 {
                     Ok(result) => result,
                     Err(_) => Err(DieselError::QueryBuilderError(Box::new(
