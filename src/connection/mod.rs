@@ -754,6 +754,13 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             fingerprint: Some((hash, text)),
         }))
         .await?;
+        if self.primary.is_none() {
+            // No node to go to (cannot happen for pooled connections): running it
+            // again here would only be refused again.
+            return Err(DieselError::QueryBuilderError(
+                "a replica refused a write and the connection has no primary".into(),
+            ));
+        }
         self.router.remember_refused(hash);
         self.router.stats.record_statement(Target::Primary);
         Ok(())
