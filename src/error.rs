@@ -51,7 +51,8 @@ pub enum Error {
     },
 
     /// The primary could not be checked out within the primary checkout timeout:
-    /// a write (or a read that needed the primary) could not run. Nothing was sent.
+    /// a write (or a read that needed the primary) could not run. Nothing was sent
+    /// to the primary.
     /// Reads on replicas go on meanwhile.
     #[error("{node}: the primary is unavailable: {kind}")]
     PrimaryUnavailable {

@@ -133,9 +133,10 @@
 //! - **Busy is not dead.** A replica checkout that waits its whole timeout while the
 //!   replica answers is *saturation* ([`StatsSnapshot::replica_saturations`]): the
 //!   next replica is tried, then the primary (counted), never an ejection. A replica
-//!   is ejected on evidence of a dead node: a new session refused, reset, not
-//!   answered within the connect timeout, or refused because the server is shutting
-//!   down or starting up (SQLSTATE 57P01-57P03), or bad credentials. One lost session
+//!   is ejected when it does not serve a new session: refused, reset, not answered
+//!   within the connect timeout, refused because the server is shutting down or
+//!   starting up (SQLSTATE 57P01-57P03), bad credentials, or an error setting the
+//!   session up (a missing database). One lost session
 //!   (a `pg_terminate_backend`, an `idle_session_timeout`) only makes the replica
 //!   *suspect*: one new session is opened to decide. Ejected replicas are probed
 //!   with exponential backoff and re-admitted when they answer. The primary is
@@ -158,8 +159,10 @@
 //!   does not know) runs again on the primary in `Switch` mode, counted under
 //!   [`SwitchReason::ReplicaRefused`] with its fingerprint (it shows in the audit
 //!   report); later statements with that fingerprint go to the primary directly.
-//!   Re-running it is safe: a read-only session refuses a write before doing any
-//!   of it. `Raise` mode returns the error. (This needs the statement rendered to
+//!   The write itself never ran: a read-only session refuses it before doing it and
+//!   the statement's transaction is rolled back (effects outside it, such as a
+//!   session advisory lock or `dblink`, are not; the refusing session is
+//!   discarded). `Raise` mode returns the error. (This needs the statement rendered to
 //!   owned data, as read retry does: with `read_retry(false)` and no replica
 //!   statement timeout the error is returned.) Declare such functions with
 //!   [`classify::ClassifierBuilder::write_function`] to save the round trip.

@@ -187,3 +187,38 @@ async fn a_suspected_replica_that_does_not_serve_a_new_session_is_ejected() {
     .await;
     assert_eq!(faults.hits(FaultNode::Replica(index), FaultStep::Probe), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_causal_read_is_bounded_even_when_replica_checkouts_hang() {
+    let cluster = LocalCluster::start(2).await.unwrap();
+    cluster.apply_example_schema().await.unwrap();
+    let faults = Faults::new();
+    let pool = SwitchablePool::<AsyncPgConnection>::builder()
+        .primary(cluster.primary_url())
+        .replicas(cluster.replica_urls())
+        .causal_wait(Duration::from_millis(200))
+        .faults(faults.clone())
+        .build()
+        .await
+        .unwrap();
+    let mut writer = pool.get_primary().await.unwrap();
+    write_event(&mut writer, &cluster, "seam_causal").await;
+    let token = writer.causal_token().await.unwrap().unwrap();
+    drop(writer);
+    for _ in 0..2 {
+        faults.inject(FaultNode::Replica(0), FaultStep::Checkout, Fault::Hang);
+        faults.inject(FaultNode::Replica(1), FaultStep::Checkout, Fault::Hang);
+    }
+    let conn = tokio::time::timeout(Duration::from_secs(3), pool.get_after(&token))
+        .await
+        .expect("bounded by causal_wait, not by the hanging checkouts")
+        .unwrap();
+    assert_eq!(conn.target(), Target::Primary);
+    assert_eq!(
+        pool.stats()
+            .causal_reads(diesel_rwsplit::CausalOutcome::Primary),
+        1
+    );
+    drop(conn);
+    assert_eq!(pool.replica_checked_out(), vec![0, 0]);
+}

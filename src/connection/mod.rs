@@ -188,8 +188,11 @@ impl Instrumentation for SharedInstrumentation {
 /// - a statement the replica refuses as a write (SQLSTATE 25006, e.g. a user
 ///   function that writes) runs again on the primary in `Switch` mode, counted under
 ///   [`SwitchReason::ReplicaRefused`]; its fingerprint is remembered so that later
-///   statements like it go to the primary directly. This is safe: a read-only
-///   session refuses a write before doing it, so the statement did not run.
+///   statements like it go to the primary directly. The write itself did not run:
+///   a read-only session refuses it before doing it, and the statement's
+///   transaction is rolled back. Effects outside that transaction that a function
+///   had before its write (a session advisory lock, `dblink`) are not undone; the
+///   refusing session is discarded so that nothing lingers in the pool.
 pub struct SwitchableConnection<C: SwitchTarget> {
     /// `None` when the connection was made primary-only (default route primary,
     /// `get_primary`, Observe mode, a single-node `establish`).
@@ -497,12 +500,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             .acquire_primary()
             .await
             .map_err(primary_unavailable)?;
-        if let Some(instrumentation) = &self.instrumentation {
-            primary.set_instrumentation(instrumentation.clone());
-        }
-        if let Some(size) = self.cache_size {
-            primary.set_prepared_statement_cache_size(size);
-        }
+        self.adopt(&mut primary);
         self.primary = Some(primary);
         if flip.is_some() {
             self.wrote = true;
@@ -531,6 +529,16 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         Ok(())
     }
 
+    /// Give a node connection that joins this connection its settings.
+    fn adopt(&self, conn: &mut Handle<C>) {
+        if let Some(instrumentation) = &self.instrumentation {
+            conn.set_instrumentation(instrumentation.clone());
+        }
+        if let Some(size) = self.cache_size {
+            conn.set_prepared_statement_cache_size(size);
+        }
+    }
+
     /// Whether reads on the replica are rendered to owned data, so that they can
     /// run again elsewhere (retry, self-healing) and be given up on safely (bound).
     fn owns_replica_reads(&self) -> bool {
@@ -547,6 +555,19 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         rendered: &mut C::Rendered,
     ) -> QueryResult<A::Output> {
         let mut retried = false;
+        if self
+            .hung_replica_session
+            .as_ref()
+            .is_some_and(|hung| hung.load(Ordering::Acquire))
+        {
+            // An earlier read's rows stopped coming on this session: it may still
+            // be busy (or get the cancel sent for it). Never run anything on it.
+            self.discard_hung_replica_session();
+            retried = true;
+            self.move_after_failed_read("an earlier read on this session hung")
+                .boxed()
+                .await?;
+        }
         loop {
             let on_replica = self.primary.is_none();
             let bound = self.router.replica_read_timeout.filter(|_| on_replica);
@@ -763,6 +784,11 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         }
         self.router.remember_refused(hash);
         self.router.stats.record_statement(Target::Primary);
+        // What the refused statement did before its write (an advisory lock, say)
+        // may linger in that session: never hand it out again.
+        if let Some(replica) = self.replica.as_mut() {
+            mark_broken::<C>(replica);
+        }
         Ok(())
     }
 
@@ -783,7 +809,9 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             "read failed on a replica before any row came back; retrying once elsewhere"
         );
         match source.acquire_other_replica(index).await {
-            Some(lease) => {
+            Some(mut lease) => {
+                self.discard_hung_replica_session();
+                self.adopt(&mut lease.handle);
                 self.replica = Some(lease.handle);
                 self.replica_index = Some(lease.index);
                 self.replica_name = Some(lease.name);

@@ -209,12 +209,13 @@ impl<C: SwitchTarget> bb8::ManageConnection for Manager<C> {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(NodeFailure::stale_session(Box::new(e))),
             Err(_) => {
-                // The session's state is unknown now: never hand it out again.
+                // The session's state is unknown now: never hand it out again. It is
+                // evidence against that session only; if the node is hung, the new
+                // session bb8 opens next fails to connect, and that is recorded.
                 super::mark_broken(conn);
-                Err(NodeFailure::new(
-                    FailureKind::NoAnswer,
-                    format!("a pooled session did not answer its validation within {bound:?}"),
-                ))
+                Err(NodeFailure::stale_session(format!(
+                    "a pooled session did not answer its validation within {bound:?}"
+                )))
             }
         }
     }

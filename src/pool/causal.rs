@@ -62,36 +62,48 @@ impl<C: SwitchTarget> SwitchablePool<C> {
     /// whatever the number of replicas. Each outcome is counted
     /// ([`StatsSnapshot::causal_reads`](crate::StatsSnapshot::causal_reads)).
     ///
+    /// The whole wait, checkouts included, is bounded by `causal_wait` (then the
+    /// primary's own checkout). In `Observe` mode it is the primary at once, as for
+    /// every connection.
+    ///
     /// Cancellation: a connection checked out while waiting goes back to its pool.
     pub async fn get_after(&self, token: &CausalToken) -> Result<PooledConnection<C>, Error> {
         let inner = &self.inner;
+        if inner.router.mode == crate::InterlockMode::Observe {
+            return self.get_primary().await;
+        }
         let stats = &self.inner.router.stats;
+        let deadline = tokio::time::Instant::now() + inner.causal_wait;
+        let checkout = |index| tokio::time::timeout_at(deadline, inner.checkout_replica_at(index));
         let order = inner.replica_order(None);
         let seen = |i: usize| inner.monitor.as_ref().and_then(|m| m.replay_lsn(i));
+        let mut tried = Vec::new();
         for &index in &order {
             if !seen(index).is_some_and(|lsn| token.is_reached_by(lsn)) {
                 continue;
             }
-            if let Some(lease) = inner.checkout_replica_at(index).await {
+            tried.push(index);
+            if let Ok(Some(lease)) = checkout(index).await {
                 stats.record_causal(CausalOutcome::Monitor);
                 return Ok(self.wrap_replica(lease));
             }
         }
-        let deadline = Instant::now() + inner.causal_wait;
         // The replica furthest ahead is the likeliest to get there first; ties keep
-        // the balancing order.
-        let mut candidates = order;
+        // the balancing order. One already tried above did not check out.
+        let mut candidates: Vec<usize> = order.into_iter().filter(|i| !tried.contains(i)).collect();
         candidates.sort_by_key(|i| std::cmp::Reverse(seen(*i)));
         let mut lease = None;
         for index in candidates {
-            if Instant::now() >= deadline {
-                break;
-            }
-            if let Some(found) = inner.checkout_replica_at(index).await {
-                lease = Some(found);
-                break;
+            match checkout(index).await {
+                Ok(Some(found)) => {
+                    lease = Some(found);
+                    break;
+                }
+                Ok(None) => {}
+                Err(_) => break,
             }
         }
+        let deadline = deadline.into_std();
         if let Some(mut lease) = lease {
             let mut pause = Duration::from_millis(1);
             loop {
@@ -104,9 +116,14 @@ impl<C: SwitchTarget> SwitchablePool<C> {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
                         tracing::debug!(target: "diesel_rwsplit::pool", replica = &*lease.name, error = %e, "replay position check failed");
+                        crate::connection::mark_broken::<C>(&mut lease.handle);
                         break;
                     }
-                    Err(_) => break,
+                    Err(_) => {
+                        // Cut mid-query: the session's state is unknown.
+                        crate::connection::mark_broken::<C>(&mut lease.handle);
+                        break;
+                    }
                 }
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 if remaining.is_zero() {
@@ -178,7 +195,12 @@ impl<C: SwitchTarget> SwitchablePool<C> {
                     Ok(Ok(_)) if Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(1)).await
                     }
-                    _ => return false,
+                    Ok(Ok(_)) => return false,
+                    _ => {
+                        // Failed or cut mid-query: the session's state is unknown.
+                        crate::connection::mark_broken::<C>(&mut lease.handle);
+                        return false;
+                    }
                 }
             }
         }

@@ -276,6 +276,10 @@ impl<C: SwitchTarget> PoolInner<C> {
     /// Take replica `index` out of rotation for a backoff and start probing it.
     fn eject(self: &Arc<Self>, index: usize, error: &str) {
         let node = self.replica(index);
+        if node.health().ejected.load(Ordering::Acquire) {
+            // Two checkouts failing at once: one ejection, one backoff step.
+            return;
+        }
         let failures = node
             .health()
             .consecutive_failures
