@@ -12,20 +12,26 @@ use std::time::Duration;
 use common::{backend_pid, port_of, server_port, terminate, until, write_event};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_rwsplit::testing::{Fault, FaultNode, FaultStep, Faults, LocalCluster};
-use diesel_rwsplit::{FailureKind, SwitchablePool, Target};
+use diesel_rwsplit::{FailureKind, SwitchablePool, SwitchablePoolBuilder, Target};
 
 async fn setup() -> (LocalCluster, SwitchablePool, Faults) {
+    setup_with(|builder| builder).await
+}
+
+/// A 1 + 2 cluster and a pool over it with the fault seam in place; `configure`
+/// adjusts the pool's builder.
+async fn setup_with(
+    configure: impl FnOnce(SwitchablePoolBuilder) -> SwitchablePoolBuilder,
+) -> (LocalCluster, SwitchablePool, Faults) {
     let cluster = LocalCluster::start(2).await.unwrap();
     cluster.apply_example_schema().await.unwrap();
     let faults = Faults::new();
-    let pool = SwitchablePool::<AsyncPgConnection>::builder()
+    let builder = SwitchablePool::<AsyncPgConnection>::builder()
         .primary(cluster.primary_url())
         .replicas(cluster.replica_urls())
         .ejection_backoff(Duration::from_millis(50), Duration::from_millis(200))
-        .faults(faults.clone())
-        .build()
-        .await
-        .unwrap();
+        .faults(faults.clone());
+    let pool = configure(builder).build().await.unwrap();
     (cluster, pool, faults)
 }
 
@@ -190,17 +196,8 @@ async fn a_suspected_replica_that_does_not_serve_a_new_session_is_ejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_causal_read_is_bounded_even_when_replica_checkouts_hang() {
-    let cluster = LocalCluster::start(2).await.unwrap();
-    cluster.apply_example_schema().await.unwrap();
-    let faults = Faults::new();
-    let pool = SwitchablePool::<AsyncPgConnection>::builder()
-        .primary(cluster.primary_url())
-        .replicas(cluster.replica_urls())
-        .causal_wait(Duration::from_millis(200))
-        .faults(faults.clone())
-        .build()
-        .await
-        .unwrap();
+    let (cluster, pool, faults) =
+        setup_with(|builder| builder.causal_wait(Duration::from_millis(200))).await;
     let mut writer = pool.get_primary().await.unwrap();
     write_event(&mut writer, &cluster, "seam_causal").await;
     let token = writer.causal_token().await.unwrap().unwrap();
