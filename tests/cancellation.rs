@@ -11,7 +11,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use common::{port_of, server_port, write_event};
+use common::{port_of, server_port, token_after_write, write_event};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_rwsplit::testing::LocalCluster;
 use diesel_rwsplit::{InterlockMode, SwitchablePool, Target};
@@ -167,13 +167,7 @@ async fn every_future_can_be_dropped_at_every_await_point() {
     // A causal read that must wait for paused replicas, cut while it waits.
     cluster.pause_replay(0).await.unwrap();
     cluster.pause_replay(1).await.unwrap();
-    let mut writer = pool.get_primary().await.unwrap();
-    diesel::sql_query("INSERT INTO events (kind) VALUES ('cut_causal')")
-        .execute(&mut writer)
-        .await
-        .unwrap();
-    let token = writer.causal_token().await.unwrap().unwrap();
-    drop(writer);
+    let token = token_after_write(&pool, &cluster, "cut_causal").await;
     cut_everywhere(
         "get_after()",
         || pool.get_after(&token),

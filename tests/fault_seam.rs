@@ -9,7 +9,7 @@ use std::pin::pin;
 use std::task::{Context, Waker};
 use std::time::Duration;
 
-use common::{backend_pid, port_of, server_port, terminate, until, write_event};
+use common::{backend_pid, port_of, server_port, terminate, token_after_write, until, write_event};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_rwsplit::testing::{Fault, FaultNode, FaultStep, Faults, LocalCluster};
 use diesel_rwsplit::{FailureKind, SwitchablePool, SwitchablePoolBuilder, Target};
@@ -198,10 +198,7 @@ async fn a_suspected_replica_that_does_not_serve_a_new_session_is_ejected() {
 async fn a_causal_read_is_bounded_even_when_replica_checkouts_hang() {
     let (cluster, pool, faults) =
         setup_with(|builder| builder.causal_wait(Duration::from_millis(200))).await;
-    let mut writer = pool.get_primary().await.unwrap();
-    write_event(&mut writer, &cluster, "seam_causal").await;
-    let token = writer.causal_token().await.unwrap().unwrap();
-    drop(writer);
+    let token = token_after_write(&pool, &cluster, "seam_causal").await;
     for _ in 0..2 {
         faults.inject(FaultNode::Replica(0), FaultStep::Checkout, Fault::Hang);
         faults.inject(FaultNode::Replica(1), FaultStep::Checkout, Fault::Hang);

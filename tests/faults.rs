@@ -257,6 +257,7 @@ async fn a_replica_frozen_mid_stream_cannot_hold_the_rest_of_a_read() {
         .await
         .unwrap();
     let mut conn = pool.get().await.unwrap();
+    let hung = (server_port(&mut conn).await, backend_pid(&mut conn).await);
     // 16 kB rows are flushed one by one; the fourth waits on the server.
     let query = diesel::sql_query(
         "SELECT repeat('x', 16384) || n AS payload /* fz_stream */ \
@@ -287,11 +288,13 @@ async fn a_replica_frozen_mid_stream_cannot_hold_the_rest_of_a_read() {
     );
     drop(rows);
     assert_eq!(pool.stats().read_timeouts(), 1);
-    // The hung session is never handed out again.
-    let pid = backend_pid(&mut conn).await;
+    // The hung session is never used again: not by this connection, not by the next.
+    let next = (server_port(&mut conn).await, backend_pid(&mut conn).await);
+    assert_ne!(next, hung, "the connection moved off the hung session");
     drop(conn);
     let mut again = pool.get().await.unwrap();
-    assert_ne!(backend_pid(&mut again).await, pid);
+    let other = (server_port(&mut again).await, backend_pid(&mut again).await);
+    assert_ne!(other, hung, "the pool discarded the hung session");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

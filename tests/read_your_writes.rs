@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{port_of, server_port, statement_calls};
+use common::{port_of, server_port, statement_calls, token_after_write};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_rwsplit::testing::LocalCluster;
 use diesel_rwsplit::{CausalOutcome, SwitchablePool, Target};
@@ -79,13 +79,7 @@ async fn a_causal_read_costs_one_connection_and_a_bounded_number_of_checks() {
         .unwrap();
     cluster.pause_replay(0).await.unwrap();
     cluster.pause_replay(1).await.unwrap();
-    let mut writer = pool.get_primary().await.unwrap();
-    diesel::sql_query("INSERT INTO events (kind) VALUES ('rw_causal')")
-        .execute(&mut writer)
-        .await
-        .unwrap();
-    let token = writer.causal_token().await.unwrap().unwrap();
-    drop(writer);
+    let token = token_after_write(&pool, &cluster, "rw_causal").await;
 
     let read = {
         let pool = pool.clone();

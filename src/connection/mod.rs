@@ -581,12 +581,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
                     .await
                 {
                     Ok(result) => result,
-                    Err(_) => Err(DieselError::QueryBuilderError(Box::new(
-                        Error::ReadTimedOut {
-                            node: self.abandon_replica_session(bound),
-                            timeout: bound,
-                        },
-                    ))),
+                    Err(_) => Err(self.abandon_replica_session(bound)),
                 },
             };
             match result {
@@ -663,10 +658,10 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         );
         let node = self.replica_name.as_deref().unwrap_or("replica").to_owned();
         let cancel = C::cancel_request(replica);
-        let stats = Arc::clone(&self.router);
+        let router = Arc::clone(&self.router);
         let deadline = tokio::time::sleep(bound);
         futures_util::stream::unfold(
-            (rows, Box::pin(deadline), Some((cancel, node, hung, stats))),
+            (rows, Box::pin(deadline), Some((cancel, node, hung, router))),
             move |(mut rows, mut deadline, mut armed)| async move {
                 tokio::select! {
                     biased;
@@ -739,8 +734,8 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
     }
 
     /// Give up on the replica session a read hangs on: cancel what it runs (best
-    /// effort), never reuse it, suspect its node. Returns the node's name.
-    fn abandon_replica_session(&mut self, bound: std::time::Duration) -> String {
+    /// effort), never reuse it, suspect its node. Returns the read's error.
+    fn abandon_replica_session(&mut self, bound: std::time::Duration) -> DieselError {
         let conn = self.active_mut();
         if let Some(cancel) = C::cancel_request(conn) {
             tokio::spawn(cancel);
@@ -755,7 +750,10 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             "a replica read passed its client-side bound; session discarded"
         );
         self.suspect_replica(&format!("no answer to a read within {bound:?}"));
-        node
+        DieselError::QueryBuilderError(Box::new(Error::ReadTimedOut {
+            node,
+            timeout: bound,
+        }))
     }
 
     /// A replica refused a statement as a write (25006): remember its fingerprint
@@ -1009,15 +1007,7 @@ impl<C: SwitchTarget> SimpleAsyncConnection for SwitchableConnection<C> {
                 .await
             {
                 Ok(result) => result,
-                Err(_) => {
-                    let node = self.abandon_replica_session(bound);
-                    return Err(DieselError::QueryBuilderError(Box::new(
-                        Error::ReadTimedOut {
-                            node,
-                            timeout: bound,
-                        },
-                    )));
-                }
+                Err(_) => return Err(self.abandon_replica_session(bound)),
             },
         };
         match result {

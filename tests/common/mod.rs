@@ -175,3 +175,14 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Write an event on the primary and return the causal token of that write.
+pub async fn token_after_write(
+    pool: &diesel_rwsplit::SwitchablePool,
+    cluster: &LocalCluster,
+    kind: &str,
+) -> diesel_rwsplit::CausalToken {
+    let mut writer = pool.get_primary().await.unwrap();
+    write_event(&mut writer, cluster, kind).await;
+    writer.causal_token().await.unwrap().unwrap()
+}
