@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::connection::{pg_config, pg_connect_failure};
+use crate::connect::{pg_connect_failure, PgEndpoint};
 use crate::{Error, NodeStep};
 
 /// How long reading the catalog may take, connecting included.
@@ -32,10 +32,13 @@ const CATALOG_TIMEOUT: Duration = Duration::from_secs(10);
 /// # Ok(()) }
 /// ```
 ///
+/// The URL's TLS settings apply (`sslmode`, `sslrootcert`, ...).
+///
 /// Errors: [`Error::Node`] with step [`NodeStep::Catalog`] when the primary cannot be
 /// reached or read within 10 s (never the URL's password).
 pub async fn volatile_user_functions(primary_url: &str) -> Result<Vec<String>, Error> {
-    let node = crate::pool::node_name("primary", primary_url)?;
+    let endpoint = PgEndpoint::new("primary", primary_url, &Default::default())?;
+    let node = endpoint.name().to_owned();
     let failed = |failure: crate::connection::NodeFailure| Error::Node {
         node: node.clone(),
         step: NodeStep::Catalog,
@@ -43,11 +46,7 @@ pub async fn volatile_user_functions(primary_url: &str) -> Result<Vec<String>, E
         source: failure.into_source(),
     };
     let read = async {
-        let config = pg_config(primary_url, CATALOG_TIMEOUT)?;
-        let (client, connection) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(pg_connect_failure)?;
+        let (client, connection) = endpoint.connect(None, CATALOG_TIMEOUT).await?;
         let driver = tokio::spawn(connection);
         let rows = client
             .query(

@@ -144,6 +144,36 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// What a TLS failure was, in TLS terms, if this error (or one it wraps) is one:
+    /// a server without TLS, a certificate not trusted or not naming the host, a
+    /// client certificate refused.
+    ///
+    /// ```
+    /// # fn demo(error: diesel_rwsplit::Error) {
+    /// use diesel_rwsplit::TlsFailure;
+    /// if error.tls_failure() == Some(TlsFailure::NameMismatch) {
+    ///     eprintln!("the certificate does not name this host: check the URL's host");
+    /// }
+    /// # }
+    /// ```
+    pub fn tls_failure(&self) -> Option<crate::TlsFailure> {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(current) = cause {
+            if let Some(tls) = current.downcast_ref::<crate::connect::TlsError>() {
+                return Some(tls.failure);
+            }
+            if let Some(shared) = current.downcast_ref::<crate::connection::SharedError>() {
+                if let Some(tls) = shared.0.downcast_ref::<crate::connect::TlsError>() {
+                    return Some(tls.failure);
+                }
+            }
+            cause = current.source();
+        }
+        None
+    }
+}
+
 /// What kind of failure a node had: decided from SQLSTATEs and I/O error kinds,
 /// never from message text. Everything but [`FailureKind::Saturated`] is evidence
 /// against the node itself.
@@ -164,7 +194,9 @@ pub enum FailureKind {
     NotAccepting,
     /// The server refused the credentials (SQLSTATE 28000, 28P01).
     Authentication,
-    /// TLS could not be negotiated or verified.
+    /// The application's credentials provider failed (its error is the source).
+    Credentials,
+    /// TLS could not be negotiated or verified: [`Error::tls_failure`] says how.
     Tls,
     /// The server answered the session set-up with another error (e.g. a database
     /// that does not exist, SQLSTATE 3D000).
@@ -188,6 +220,7 @@ impl fmt::Display for FailureKind {
             FailureKind::NoAnswer => "no answer in time",
             FailureKind::NotAccepting => "server not accepting sessions",
             FailureKind::Authentication => "authentication failed",
+            FailureKind::Credentials => "the credentials provider failed",
             FailureKind::Tls => "TLS failed",
             FailureKind::Server => "server error during session set-up",
             FailureKind::Other => "connection failed",
@@ -224,6 +257,9 @@ pub fn rwsplit_error(error: &diesel::result::Error) -> Option<&Error> {
 pub enum NodeStep {
     /// Parsing its connection URL.
     ParseUrl,
+    /// Preparing its connection settings when the pool is built (reading the TLS
+    /// certificate and key files the URL names).
+    Configure,
     /// Reaching its host (TCP) when the pool is built.
     Connect,
     /// Validating a pooled connection before handing it out.
@@ -240,6 +276,7 @@ impl fmt::Display for NodeStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             NodeStep::ParseUrl => "parsing the connection URL",
+            NodeStep::Configure => "preparing the connection settings",
             NodeStep::Connect => "reaching the host",
             NodeStep::Validate => "validating a pooled connection",
             NodeStep::Checkout => "checking out a connection",

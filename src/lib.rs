@@ -12,6 +12,7 @@
 //! | feature    | default | what it adds |
 //! |------------|---------|--------------|
 //! | `postgres` | yes     | PostgreSQL support through diesel-async's `AsyncPgConnection` |
+//! | `tls`      | yes     | TLS on every connection the crate opens (rustls), as the URLs' `sslmode`, `sslrootcert`, `sslcert`, `sslkey` say; without it a URL that asks for TLS is a configuration error |
 //! | `testing`  | no      | [`testing::LocalCluster`]: a throwaway primary + streaming replicas built from the machine's PostgreSQL binaries, with fault injection, for your own tests |
 //! | `axum`     | no      | [`axum`] extractors for replica-first and primary connections, and a `/metrics` handler |
 //! | `cli`      | no      | the `rwsplit` binary: `rwsplit classify`, `rwsplit audit`, `rwsplit cluster up/status/down` |
@@ -175,6 +176,51 @@
 //!   timed out on the client, an interlock refusal) come inside
 //!   `diesel::result::Error::QueryBuilderError`; [`rwsplit_error`] gets them out.
 //!
+//! ## Production connections: TLS and credentials
+//!
+//! Connection URLs are read as libpq reads them, so a `DATABASE_URL` copied from a
+//! provider works as it is: `sslmode=disable|allow|prefer|require|verify-ca|verify-full`
+//! with libpq's meaning of each (`prefer`, the default, and `require` encrypt without
+//! verifying the server, unless `sslrootcert` is given: then `require` verifies the
+//! chain as `verify-ca` does), `sslrootcert=PATH` or `sslrootcert=system` (the
+//! operating system's roots; it implies `verify-full`), `sslcert` and `sslkey` for
+//! client-certificate authentication, `sslsni`, `ssl_min_protocol_version` and
+//! `ssl_max_protocol_version`. Both the URL and the `key=value` forms are read. The
+//! certificate files are read when the pool is built. Unsupported options are refused
+//! by name: `sslpassword` (encrypted keys), `sslcrl`/`sslcrldir`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), diesel_rwsplit::Error> {
+//! use diesel_async::AsyncPgConnection;
+//! use diesel_rwsplit::SwitchablePool;
+//!
+//! let tls = "sslmode=verify-full&sslrootcert=/etc/ssl/rds-global-bundle.pem";
+//! let pool = SwitchablePool::<AsyncPgConnection>::builder()
+//!     .primary(format!("postgres://app:secret@writer.example.com/app?{tls}"))
+//!     .replicas([format!("postgres://app:secret@reader.example.com/app?{tls}")])
+//!     .build()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Every connection the crate opens honours them: the node pools, health probes,
+//! causal-read checks, the lag monitor, [`volatile_user_functions`] and
+//! [`SwitchableConnection::establish`]. What a URL cannot say goes on the builder:
+//! [`tls_config`](SwitchablePoolBuilder::tls_config) (a rustls configuration of your
+//! own: roots from a secrets store, ALPN),
+//! [`credentials`](SwitchablePoolBuilder::credentials) (an async
+//! [`CredentialsProvider`] asked for every new session: RDS IAM tokens, Vault
+//! leases) and [`on_connect`](SwitchablePoolBuilder::on_connect) (per-session set-up,
+//! like diesel-async's `custom_setup`).
+//!
+//! Failures say what went wrong in TLS terms ([`Error::tls_failure`]: the server
+//! offers no TLS, its certificate is not trusted or does not name the host, the
+//! client certificate was refused), with kind [`FailureKind::Tls`], and the primary's
+//! checkouts do not wait out their timeout after one (no retry mends it). Passwords,
+//! tokens and keys appear in no error, log, `Debug` output or metric. Cancel requests
+//! (for a replica read given up on) carry only the session's cancel key and go over
+//! TLS, unverified, when the session used TLS; libpq sends them in plain text.
+//!
 //! ## Sizing the pools
 //!
 //! A replica-first connection holds a primary connection only from its first flip to
@@ -215,6 +261,7 @@
 pub mod axum;
 mod catalog;
 pub mod classify;
+mod connect;
 mod connection;
 mod error;
 mod lsn;
@@ -227,16 +274,22 @@ mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+/// The rustls this crate was built with (feature `tls`), for
+/// [`SwitchablePoolBuilder::tls_config`].
+#[cfg(feature = "tls")]
+pub use rustls;
+
 /// Types that appear in the signatures of the sealed [`SwitchTarget`] trait; not
 /// part of the supported API.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::connection::{
-        LoadFut, NodeConnection, NodeFailure, NodePool, NodePoolSettings, RowStream, SqlText,
-        StatementFailure,
+        LoadFut, NodeConnection, NodeFailure, NodePool, NodePoolSettings, OnConnect, RowStream,
+        SqlText, StatementFailure,
     };
 }
 
+pub use connect::{Credentials, CredentialsProvider, NodeAddress, TlsFailure};
 pub use connection::{
     interlock_refusal, InterlockMode, PgRow, SwitchTarget, SwitchTransactionManager,
     SwitchableConnection,

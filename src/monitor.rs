@@ -6,7 +6,8 @@
 //! # What is measured
 //!
 //! Every [`MonitorConfig::interval`] (default 1 s) one *poll round* runs, over the
-//! monitor's own connections (application name `diesel-rwsplit monitor`, no TLS,
+//! monitor's own connections (application name `diesel-rwsplit monitor`, opened as
+//! the pool opens its sessions: the URL's TLS settings and the credentials provider;
 //! reconnected when they break):
 //!
 //! 1. the primary: `pg_current_wal_lsn()`;
@@ -97,7 +98,6 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -107,6 +107,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
+use crate::connect::PgEndpoint;
+use crate::connection::NodeFailure;
 use crate::Lsn;
 
 /// `application_name` of the monitor's connections (to find them in `pg_stat_activity`).
@@ -118,32 +120,38 @@ const MAX_HISTORY: usize = 8192;
 /// How long a closed-by-us connection may take to say goodbye to its server.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// TCP keepalive of the monitor's connections: first probe after this much silence,
-/// then every [`KEEPALIVE_INTERVAL`], the connection dropped after
-/// [`KEEPALIVE_RETRIES`] unanswered ones (a dead peer is noticed within 25 s).
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-const KEEPALIVE_RETRIES: u32 = 3;
-
 /// Shortest interval and probe timeout accepted (zero would spin or always fail).
 const MIN_PERIOD: Duration = Duration::from_millis(1);
 
-/// A node to monitor: a display name and a connection URL.
+/// A node to monitor: a display name and how to connect to it.
 #[derive(Clone)]
 pub(crate) struct NodeTarget {
     /// Shown in logs, errors and [`ReplicaStatus::name`], e.g. `replica1 (127.0.0.1:5433)`.
     /// Must not contain a password.
     pub(crate) name: String,
-    /// A libpq-style URL or key/value string, as `tokio_postgres::Config` parses it.
-    pub(crate) url: String,
+    /// The pool's recipe for the node (TLS, credentials, keepalives); `Err` when its
+    /// URL could not be read (the error never echoes the URL).
+    endpoint: Result<Arc<PgEndpoint>, String>,
 }
 
 impl NodeTarget {
-    /// A target from its display name and URL.
+    /// A target connected to as the pool connects to it.
+    pub(crate) fn from_endpoint(endpoint: Arc<PgEndpoint>) -> Self {
+        NodeTarget {
+            name: endpoint.name().to_owned(),
+            endpoint: Ok(endpoint),
+        }
+    }
+
+    /// A target from its display name and URL, with default connection settings.
+    #[cfg(test)]
     pub(crate) fn new(name: impl Into<String>, url: impl Into<String>) -> Self {
+        let endpoint = PgEndpoint::new("node", &url.into(), &Default::default())
+            .map(Arc::new)
+            .map_err(|_| "invalid connection URL".to_owned());
         NodeTarget {
             name: name.into(),
-            url: url.into(),
+            endpoint,
         }
     }
 }
@@ -648,8 +656,7 @@ struct Conn {
 
 /// One node's probe: its connection settings and current connection.
 struct Prober {
-    /// `Err` when the URL could not be parsed (the error never echoes the URL).
-    config: Result<tokio_postgres::Config, String>,
+    endpoint: Result<Arc<PgEndpoint>, String>,
     timeout: Duration,
     conn: Option<Conn>,
 }
@@ -664,25 +671,13 @@ struct ReplicaSample {
 
 impl Prober {
     fn new(target: NodeTarget, timeout: Duration) -> Self {
-        let config = tokio_postgres::Config::from_str(&target.url)
-            .map(|mut config| {
-                // Keepalives whatever the URL says: they let the kernel notice a peer
-                // that vanished without a reset (host down, network cut) on a connection
-                // idle between rounds, so the next probe reconnects at once instead of
-                // spending its timeout on a dead socket, and they keep idle
-                // connections open through NAT and firewall idle timeouts.
-                config
-                    .application_name(APPLICATION_NAME)
-                    .connect_timeout(timeout)
-                    .keepalives(true)
-                    .keepalives_idle(KEEPALIVE_IDLE)
-                    .keepalives_interval(KEEPALIVE_INTERVAL)
-                    .keepalives_retries(KEEPALIVE_RETRIES);
-                config
-            })
-            .map_err(|_| "invalid connection URL".to_owned());
+        // The endpoint sets keepalives whatever the URL says: they let the kernel
+        // notice a peer that vanished without a reset (host down, network cut) on a
+        // connection idle between rounds, so the next probe reconnects at once
+        // instead of spending its timeout on a dead socket, and they keep idle
+        // connections open through NAT and firewall idle timeouts.
         Prober {
-            config,
+            endpoint: target.endpoint,
             timeout,
             conn: None,
         }
@@ -711,7 +706,7 @@ impl Prober {
         }
         let conn = match &mut self.conn {
             Some(conn) => conn,
-            slot @ None => slot.insert(connect(&self.config).await?),
+            slot @ None => slot.insert(connect(&self.endpoint, self.timeout).await?),
         };
         let messages = conn
             .client
@@ -763,12 +758,15 @@ fn parse_lsn(column: Option<&Option<String>>) -> Result<Option<Lsn>, String> {
     }
 }
 
-async fn connect(config: &Result<tokio_postgres::Config, String>) -> Result<Conn, String> {
-    let config = config.as_ref().map_err(Clone::clone)?;
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
+async fn connect(
+    endpoint: &Result<Arc<PgEndpoint>, String>,
+    timeout: Duration,
+) -> Result<Conn, String> {
+    let endpoint = endpoint.as_ref().map_err(Clone::clone)?;
+    let (client, connection) = endpoint
+        .connect(Some(APPLICATION_NAME), timeout)
         .await
-        .map_err(|e| describe("connect", &e))?;
+        .map_err(|failure| describe_failure("connect", &failure))?;
     let (closing, closed) = oneshot::channel::<()>();
     tokio::spawn(async move {
         // Errors surface through the client; this only drives the socket. Once the
@@ -786,6 +784,22 @@ async fn connect(config: &Result<tokio_postgres::Config, String>) -> Result<Conn
         client,
         _closing: closing,
     })
+}
+
+/// A connect failure as text: the driver's error as [`describe`] gives it, or the
+/// failure (TLS, credentials) and its causes.
+fn describe_failure(step: &str, failure: &NodeFailure) -> String {
+    if let Some(error) = failure.source.downcast_ref::<tokio_postgres::Error>() {
+        return describe(step, error);
+    }
+    let mut message = format!("{step}: {failure}");
+    let mut source = failure.source.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }
 
 /// A driver error as text: the server's message and SQLSTATE, or the error and its
@@ -1612,6 +1626,7 @@ mod tests {
 
     #[test]
     fn probes_use_short_keepalives_whatever_the_url_says() {
+        use crate::connect::{KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_RETRIES};
         let prober = Prober::new(
             NodeTarget::new(
                 "n",
@@ -1619,7 +1634,8 @@ mod tests {
             ),
             Duration::from_secs(1),
         );
-        let config = prober.config.unwrap();
+        let endpoint = prober.endpoint.unwrap();
+        let config = endpoint.config();
         assert!(config.get_keepalives());
         assert_eq!(config.get_keepalives_idle(), KEEPALIVE_IDLE);
         assert_eq!(config.get_keepalives_interval(), Some(KEEPALIVE_INTERVAL));

@@ -28,14 +28,6 @@ use crate::FailureKind;
 /// How long a best-effort cancel request may take before it is given up.
 const CANCEL_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// TCP keepalives on every session the crate opens: a peer that vanished (a host
-/// that lost power, a dropped route) is noticed after about idle + 3 x interval
-/// instead of the kernel's two hours. A frozen server whose kernel still answers
-/// is caught by the client-side read bound instead.
-pub(crate) const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
-pub(crate) const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
-pub(crate) const KEEPALIVE_RETRIES: u32 = 3;
-
 /// What a failed statement says about its session and its node; decided by
 /// diesel's error kind (itself derived from the SQLSTATE) and the session's state,
 /// never by message text.
@@ -118,7 +110,12 @@ pub trait SwitchTarget: sealed::Sealed + AsyncConnection + Sync + 'static {
     /// One new session to a node: TCP keepalives on, `session_sql` run. Failures
     /// are typed from the driver's SQLSTATE and I/O error kind.
     #[doc(hidden)]
-    fn connect_node(settings: &NodePoolSettings) -> BoxFuture<'_, Result<Self, NodeFailure>>;
+    fn connect_node(settings: &NodePoolSettings<Self>) -> BoxFuture<'_, Result<Self, NodeFailure>>;
+
+    /// A single-node session to `url`, opened as the pool opens its own (the URL's
+    /// TLS settings, keepalives), for [`AsyncConnection::establish`].
+    #[doc(hidden)]
+    fn establish_direct(url: &str) -> BoxFuture<'_, diesel::ConnectionResult<Self>>;
 
     /// A cancel request for whatever the session runs now, to send when a read is
     /// given up on (`None` if the backend cannot cancel).
@@ -287,15 +284,22 @@ impl SwitchTarget for AsyncPgConnection {
     type OwnedRow = PgRow;
     type Rendered = RenderedPg;
 
-    fn connect_node(settings: &NodePoolSettings) -> BoxFuture<'_, Result<Self, NodeFailure>> {
+    fn connect_node(settings: &NodePoolSettings<Self>) -> BoxFuture<'_, Result<Self, NodeFailure>> {
         async move {
-            let (client, connection) = pg_config(&settings.url, settings.connect_timeout)?
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(pg_connect_failure)?;
+            let (client, connection) = settings
+                .endpoint
+                .connect(None, settings.connect_timeout)
+                .await?;
             let mut conn = AsyncPgConnection::try_from_client_and_connection(client, connection)
                 .await
                 .map_err(|e| NodeFailure::new(FailureKind::Server, Box::new(e)))?;
+            // The application's set-up first, the crate's session SQL last: a hook
+            // cannot turn a replica session writable.
+            if let Some(hook) = &settings.on_connect {
+                hook(&mut conn)
+                    .await
+                    .map_err(|e| NodeFailure::new(FailureKind::Server, Box::new(e)))?;
+            }
             if !settings.session_sql.is_empty() {
                 diesel_async::SimpleAsyncConnection::batch_execute(
                     &mut conn,
@@ -309,14 +313,27 @@ impl SwitchTarget for AsyncPgConnection {
         .boxed()
     }
 
+    fn establish_direct(url: &str) -> BoxFuture<'_, diesel::ConnectionResult<Self>> {
+        use diesel::ConnectionError;
+        async move {
+            let endpoint = crate::connect::PgEndpoint::new("database", url, &Default::default())
+                .map_err(|e| ConnectionError::InvalidConnectionUrl(e.to_string()))?;
+            // diesel's default for a connect is unbounded; keep tokio-postgres' own.
+            let (client, connection) = endpoint
+                .connect(None, std::time::Duration::from_secs(30))
+                .await
+                .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
+            AsyncPgConnection::try_from_client_and_connection(client, connection).await
+        }
+        .boxed()
+    }
+
     fn cancel_request(conn: &Self) -> Option<BoxFuture<'static, ()>> {
         let token = conn.cancel_token();
         Some(
             async move {
                 // Best effort: a frozen server does not answer this either.
-                let _ =
-                    tokio::time::timeout(CANCEL_BOUND, token.cancel_query(tokio_postgres::NoTls))
-                        .await;
+                let _ = tokio::time::timeout(CANCEL_BOUND, crate::connect::cancel(token)).await;
             }
             .boxed(),
         )
@@ -403,65 +420,6 @@ impl SwitchTarget for AsyncPgConnection {
     fn inner_is_broken(conn: &mut Self) -> bool {
         diesel_async::pooled_connection::PoolableConnection::is_broken(conn)
     }
-}
-
-/// The driver configuration of a session the crate opens: the URL's settings, the
-/// connect timeout, TCP keepalives.
-pub(crate) fn pg_config(
-    url: &str,
-    connect_timeout: std::time::Duration,
-) -> Result<tokio_postgres::Config, NodeFailure> {
-    let mut config = url
-        .parse::<tokio_postgres::Config>()
-        .map_err(|e| NodeFailure::new(FailureKind::Other, Box::new(e)))?;
-    config
-        .connect_timeout(connect_timeout)
-        .keepalives(true)
-        .keepalives_idle(KEEPALIVE_IDLE)
-        .keepalives_interval(KEEPALIVE_INTERVAL)
-        .keepalives_retries(KEEPALIVE_RETRIES);
-    Ok(config)
-}
-
-/// A tokio-postgres connect error, typed by SQLSTATE and I/O error kind.
-pub(crate) fn pg_connect_failure(error: tokio_postgres::Error) -> NodeFailure {
-    NodeFailure::new(pg_failure_kind(&error), Box::new(error))
-}
-
-fn pg_failure_kind(error: &tokio_postgres::Error) -> FailureKind {
-    use tokio_postgres::error::SqlState;
-    if let Some(code) = error.code() {
-        return match code {
-            c if *c == SqlState::INVALID_PASSWORD
-                || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
-            {
-                FailureKind::Authentication
-            }
-            c if *c == SqlState::TOO_MANY_CONNECTIONS => FailureKind::Saturated,
-            c if *c == SqlState::ADMIN_SHUTDOWN
-                || *c == SqlState::CRASH_SHUTDOWN
-                || *c == SqlState::CANNOT_CONNECT_NOW
-                || c.code().starts_with("08") =>
-            {
-                FailureKind::NotAccepting
-            }
-            _ => FailureKind::Server,
-        };
-    }
-    let mut cause = std::error::Error::source(error);
-    while let Some(current) = cause {
-        if let Some(io) = current.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            return match io.kind() {
-                ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected
-                | AddrNotAvailable | BrokenPipe | UnexpectedEof => FailureKind::Refused,
-                TimedOut => FailureKind::NoAnswer,
-                _ => FailureKind::Other,
-            };
-        }
-        cause = current.source();
-    }
-    FailureKind::Other
 }
 
 #[cfg(test)]

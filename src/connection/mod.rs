@@ -36,10 +36,10 @@ use crate::classify::{Classifier, Verdict};
 use crate::router::Router;
 use crate::{rwsplit_error, Error, SwitchReason, Target};
 
-pub(crate) use backend::{pg_config, pg_connect_failure};
 pub use backend::{LoadFut, PgRow, RowStream, SqlText, StatementFailure, SwitchTarget};
 pub(crate) use node::BbNodePool;
-pub use node::{NodeConnection, NodeFailure, NodePool, NodePoolSettings};
+pub(crate) use node::SharedError;
+pub use node::{NodeConnection, NodeFailure, NodePool, NodePoolSettings, OnConnect};
 pub use transaction::SwitchTransactionManager;
 
 /// What the safety interlock does when a connection on a replica meets a statement,
@@ -1138,8 +1138,10 @@ impl<C: SwitchTarget> AsyncConnection for SwitchableConnection<C> {
     /// (`AsyncConnectionWrapper::establish`, `AsyncDieselConnectionManager::new`)
     /// work; point it at the primary. Read/write splitting comes from
     /// [`SwitchablePool`](crate::SwitchablePool).
+    ///
+    /// The URL's TLS settings apply (`sslmode`, `sslrootcert`, ...), as for the pool.
     async fn establish(database_url: &str) -> ConnectionResult<Self> {
-        let conn = C::establish(database_url).await?;
+        let conn = C::establish_direct(database_url).await?;
         let router = Router::new(
             Classifier::new(C::DIALECT),
             InterlockMode::Switch,

@@ -8,7 +8,8 @@
 //! seen meanwhile was *saturated* (the node answers, every connection was busy);
 //! one that saw a failure reports that failure, typed. Replica checkouts do not
 //! even wait for the timeout: the first failure ends them (fail fast), because
-//! another node can serve the read.
+//! another node can serve the read. The primary's checkouts wait while bb8 retries
+//! its connects, except after a TLS failure, which no retry mends.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -71,9 +72,10 @@ impl std::error::Error for NodeFailure {
     }
 }
 
-/// A shared cause that keeps the chain below it.
+/// A shared cause that keeps the chain below it (it stands for the error it holds:
+/// its `Display` is that error's, its `source` that error's source).
 #[derive(Debug)]
-struct SharedError(Arc<dyn std::error::Error + Send + Sync>);
+pub(crate) struct SharedError(pub(crate) Arc<dyn std::error::Error + Send + Sync>);
 
 impl std::fmt::Display for SharedError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -100,12 +102,18 @@ pub trait NodePool<C>: Send + Sync + 'static {
     fn probe(&self) -> BoxFuture<'_, Result<(), NodeFailure>>;
 }
 
+/// Runs on every new session of a node pool (see
+/// [`SwitchablePoolBuilder::on_connect`](crate::SwitchablePoolBuilder::on_connect)).
+pub type OnConnect<C> =
+    Arc<dyn for<'c> Fn(&'c mut C) -> BoxFuture<'c, diesel::QueryResult<()>> + Send + Sync>;
+
 /// How to build one node's pool (hidden plumbing).
 #[doc(hidden)]
-#[derive(Clone)]
-pub struct NodePoolSettings {
-    /// Connection URL.
-    pub url: String,
+pub struct NodePoolSettings<C> {
+    /// How sessions to the node are opened (TLS, credentials, keepalives).
+    pub(crate) endpoint: Arc<crate::connect::PgEndpoint>,
+    /// The application's per-session set-up, run before `session_sql`.
+    pub(crate) on_connect: Option<OnConnect<C>>,
     /// SQL run on every new connection (read-only session, statement timeout); may be empty.
     pub session_sql: String,
     /// Pool size.
@@ -119,10 +127,12 @@ pub struct NodePoolSettings {
     pub retry_connect: bool,
 }
 
-impl std::fmt::Debug for NodePoolSettings {
+impl<C> std::fmt::Debug for NodePoolSettings<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The URL may hold a password.
+        // The endpoint's configuration holds the password: only its name shows.
         f.debug_struct("NodePoolSettings")
+            .field("endpoint", &self.endpoint)
+            .field("on_connect", &self.on_connect.is_some())
             .field("max_size", &self.max_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("checkout_timeout", &self.checkout_timeout)
@@ -150,6 +160,17 @@ impl Failures {
 
     fn last(&self) -> Option<NodeFailure> {
         self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The first failure after `seen` failures that `matches`. Cancel-safe.
+    async fn first_after(&self, mut seen: u64, matches: fn(&NodeFailure) -> bool) -> NodeFailure {
+        loop {
+            let failure = self.after(seen).await;
+            if matches(&failure) {
+                return failure;
+            }
+            seen = self.count();
+        }
     }
 
     /// The first failure recorded after `seen` failures. Cancel-safe.
@@ -189,7 +210,7 @@ impl bb8::ErrorSink<NodeFailure> for Sink {
 /// bb8's manager for one node: connects through the backend (keepalives, session
 /// SQL), validates with a bounded round trip, and discards broken connections.
 struct Manager<C> {
-    settings: Arc<NodePoolSettings>,
+    settings: Arc<NodePoolSettings<C>>,
     _connection: std::marker::PhantomData<fn() -> C>,
 }
 
@@ -227,7 +248,7 @@ impl<C: SwitchTarget> bb8::ManageConnection for Manager<C> {
 }
 
 /// One new session with the node's settings, bounded by the connect timeout.
-async fn connect<C: SwitchTarget>(settings: &NodePoolSettings) -> Result<C, NodeFailure> {
+async fn connect<C: SwitchTarget>(settings: &NodePoolSettings<C>) -> Result<C, NodeFailure> {
     let bound = settings.connect_timeout;
     match tokio::time::timeout(bound, C::connect_node(settings)).await {
         Ok(result) => result,
@@ -242,11 +263,11 @@ async fn connect<C: SwitchTarget>(settings: &NodePoolSettings) -> Result<C, Node
 pub(crate) struct BbNodePool<C: SwitchTarget> {
     pool: bb8::Pool<Manager<C>>,
     failures: Arc<Failures>,
-    settings: Arc<NodePoolSettings>,
+    settings: Arc<NodePoolSettings<C>>,
 }
 
 impl<C: SwitchTarget> BbNodePool<C> {
-    pub(crate) fn new(settings: NodePoolSettings) -> Self {
+    pub(crate) fn new(settings: NodePoolSettings<C>) -> Self {
         let settings = Arc::new(settings);
         let failures = Arc::new(Failures {
             count: watch::channel(0).0,
@@ -275,7 +296,15 @@ impl<C: SwitchTarget> NodePool<C> for BbNodePool<C> {
             let seen = self.failures.count();
             let get = self.pool.get_owned();
             let got = if self.settings.retry_connect {
-                get.await
+                // Retrying cannot fix TLS (no TLS on the server, a certificate not
+                // trusted): say so now rather than after the checkout timeout.
+                tokio::select! {
+                    biased;
+                    got = get => got,
+                    failure = self.failures.first_after(seen, |f| f.kind == FailureKind::Tls) => {
+                        return Err(failure)
+                    }
+                }
             } else {
                 tokio::select! {
                     biased;
@@ -305,7 +334,7 @@ impl<C: SwitchTarget> NodePool<C> for BbNodePool<C> {
     }
 }
 
-fn saturated(settings: &NodePoolSettings) -> NodeFailure {
+fn saturated<C>(settings: &NodePoolSettings<C>) -> NodeFailure {
     NodeFailure::new(
         FailureKind::Saturated,
         format!(

@@ -13,15 +13,16 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 use crate::classify::Classifier;
+use crate::connect::{ConnectSettings, PgEndpoint};
 use crate::connection::{
     BbNodePool, Handle, InterlockMode, NodeFailure, NodePool as NodeConnections, NodePoolSettings,
-    NodeSource, ReplicaLease, SwitchTarget, SwitchableConnection,
+    NodeSource, OnConnect, ReplicaLease, SwitchTarget, SwitchableConnection,
 };
 use crate::error::{FailureKind, NodeStep};
 use crate::monitor::{Monitor, MonitorConfig, NodeTarget};
 use crate::router::Router;
 use crate::stats::StatsSnapshot;
-use crate::{Error, Route, Target};
+use crate::{CredentialsProvider, Error, Route, Target};
 
 /// How replica-first connections choose among the admitted replicas.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -711,6 +712,8 @@ pub struct SwitchablePoolBuilder<C: SwitchTarget = AsyncPgConnection> {
     max_lag: Option<Duration>,
     causal_wait: Duration,
     session_window: Duration,
+    connect: ConnectSettings,
+    on_connect: Option<OnConnect<C>>,
     _connection: std::marker::PhantomData<fn() -> C>,
 }
 
@@ -723,6 +726,8 @@ impl<C: SwitchTarget> fmt::Debug for SwitchablePoolBuilder<C> {
             .field("interlock", &self.interlock)
             .field("default_route", &self.default_route)
             .field("balance", &self.balance)
+            .field("connect", &self.connect)
+            .field("on_connect", &self.on_connect.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -763,6 +768,8 @@ impl<C: SwitchTarget> Default for SwitchablePoolBuilder<C> {
             max_lag: None,
             causal_wait: Duration::from_millis(500),
             session_window: Duration::from_secs(1),
+            connect: ConnectSettings::default(),
+            on_connect: None,
             _connection: std::marker::PhantomData,
         }
     }
@@ -982,6 +989,84 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
         self
     }
 
+    /// The TLS client configuration for every connection the pool opens, for what a
+    /// URL cannot say: roots of your own (say from a secrets store, not a file),
+    /// ALPN, a custom certificate verifier, other protocol versions (feature `tls`;
+    /// [`rustls`](crate::rustls) is re-exported so the versions match). It replaces
+    /// what the URLs' `sslrootcert`, `sslcert` and `sslkey` would build, for every
+    /// node; their `sslmode` still says whether TLS is used (`disable`, `allow`,
+    /// `prefer`, `require` and stricter). Default: none (built from each URL).
+    ///
+    /// ```no_run
+    /// # async fn demo(primary: &str, ca_pem: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+    /// use diesel_async::AsyncPgConnection;
+    /// use diesel_rwsplit::rustls::{self, pki_types::{pem::PemObject, CertificateDer}};
+    /// use diesel_rwsplit::SwitchablePool;
+    ///
+    /// let mut roots = rustls::RootCertStore::empty();
+    /// roots.add(CertificateDer::from_pem_slice(ca_pem)?)?;
+    /// let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    /// let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    ///     .with_safe_default_protocol_versions()?
+    ///     .with_root_certificates(roots)
+    ///     .with_no_client_auth();
+    /// config.alpn_protocols = vec![b"postgresql".to_vec()];
+    /// let pool = SwitchablePool::<AsyncPgConnection>::builder()
+    ///     .primary(format!("{primary}?sslmode=verify-full"))
+    ///     .tls_config(config)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls_config(mut self, config: rustls::ClientConfig) -> Self {
+        self.connect.tls_config = Some(Arc::new(config));
+        self
+    }
+
+    /// Ask `provider` for the password (and optionally the user) of every new
+    /// session the pool opens, on every node, its lag monitor included: for
+    /// passwords that rotate (RDS IAM tokens, Vault leases). The URLs' own password
+    /// is then unused. See [`CredentialsProvider`] for an example and what happens
+    /// when it fails. Default: none (the URLs' credentials).
+    pub fn credentials(mut self, provider: impl CredentialsProvider) -> Self {
+        self.connect.credentials = Some(Arc::new(provider));
+        self
+    }
+
+    /// Run `hook` on every new session of the node pools (primary and replicas, and
+    /// the fresh sessions of health probes), once it is connected and
+    /// authenticated, before the crate's own session SQL (a replica session is made
+    /// read-only after the hook, so a hook cannot make it writable). For `SET
+    /// search_path`, `SET timezone`, `SET role`, prepared statements, and the like.
+    /// If it fails, the new session is dropped and the checkout fails as for a
+    /// node that refused the session ([`FailureKind::Server`](crate::FailureKind::Server)).
+    /// The lag monitor's own sessions do not run it. Default: none.
+    ///
+    /// The counterpart of diesel-async's `ManagerConfig::custom_setup`, which opens
+    /// the connection itself: here the crate opens it (so TLS, credentials and
+    /// keepalives apply) and hands it to the hook.
+    ///
+    /// ```no_run
+    /// # async fn demo(primary: &str) -> Result<(), diesel_rwsplit::Error> {
+    /// use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
+    /// use diesel_rwsplit::SwitchablePool;
+    ///
+    /// let pool = SwitchablePool::<AsyncPgConnection>::builder()
+    ///     .primary(primary)
+    ///     .on_connect(|conn| Box::pin(conn.batch_execute("SET search_path TO app, public")))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn on_connect<F>(mut self, hook: F) -> Self
+    where
+        F: for<'c> Fn(&'c mut C) -> BoxFuture<'c, diesel::QueryResult<()>> + Send + Sync + 'static,
+    {
+        self.on_connect = Some(Arc::new(hook));
+        self
+    }
+
     /// Put a deterministic fault seam between the pool and its nodes' pools (feature
     /// `testing`): see [`testing::Faults`](crate::testing::Faults). Default: none.
     #[cfg(feature = "testing")]
@@ -1024,26 +1109,18 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
                 )));
             }
         }
-        let primary_name = node_name("primary", &primary_url)?;
-        let mut replica_names = Vec::with_capacity(self.replicas.len());
+        let primary_endpoint = Arc::new(PgEndpoint::new("primary", &primary_url, &self.connect)?);
+        let mut replica_endpoints = Vec::with_capacity(self.replicas.len());
         for (index, url) in self.replicas.iter().enumerate() {
             let label = format!("replica{}", index + 1);
-            replica_names.push(node_name(&label, url)?);
+            replica_endpoints.push(Arc::new(PgEndpoint::new(&label, url, &self.connect)?));
         }
         let mut unreachable_replicas = Vec::new();
         if self.verify_on_build {
-            let primary_check = reachable(
-                primary_name.clone(),
-                primary_url.clone(),
-                self.primary_settings.connect_timeout,
-            );
-            let replica_checks = replica_names.iter().zip(&self.replicas).map(|(name, url)| {
-                reachable(
-                    name.clone(),
-                    url.clone(),
-                    self.replica_settings.connect_timeout,
-                )
-            });
+            let primary_check = reachable(&primary_endpoint, self.primary_settings.connect_timeout);
+            let replica_checks = replica_endpoints
+                .iter()
+                .map(|endpoint| reachable(endpoint, self.replica_settings.connect_timeout));
             let (primary_ok, replicas_ok) = futures_util::future::join(
                 primary_check,
                 futures_util::future::join_all(replica_checks),
@@ -1062,29 +1139,29 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
                 }
             }
         }
-        let monitor_primary = NodeTarget::new(primary_name.clone(), primary_url.clone());
+        let monitor_primary = NodeTarget::from_endpoint(Arc::clone(&primary_endpoint));
         #[cfg_attr(not(feature = "testing"), allow(unused_mut))]
         let mut primary = node_pool::<C>(
-            primary_name,
-            &primary_url,
+            primary_endpoint,
             None,
             self.primary_settings,
+            self.on_connect.clone(),
             1,
             true,
         );
         let mut replicas: Vec<NodePool<C>> = Vec::with_capacity(self.replicas.len());
         let mut monitored = Vec::with_capacity(self.replicas.len());
-        for ((index, url), name) in self.replicas.iter().enumerate().zip(replica_names) {
-            monitored.push(NodeTarget::new(name.clone(), url.clone()));
+        for (index, endpoint) in replica_endpoints.into_iter().enumerate() {
+            monitored.push(NodeTarget::from_endpoint(Arc::clone(&endpoint)));
             let weight = match &self.balance {
                 Balance::Weighted(weights) => weights[index],
                 _ => 1,
             };
             replicas.push(node_pool::<C>(
-                name,
-                url,
+                endpoint,
                 Some(C::READ_ONLY_SESSION_SQL),
                 self.replica_settings,
+                self.on_connect.clone(),
                 weight,
                 false,
             ));
@@ -1139,17 +1216,19 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
 }
 
 fn node_pool<C: SwitchTarget>(
-    name: String,
-    url: &str,
+    endpoint: Arc<PgEndpoint>,
     read_only_sql: Option<&'static str>,
     role: RoleSettings,
+    on_connect: Option<OnConnect<C>>,
     weight: u32,
     retry_connect: bool,
 ) -> NodePool<C> {
     let mut session_sql: Vec<String> = read_only_sql.map(str::to_owned).into_iter().collect();
     session_sql.extend(role.statement_timeout.map(C::statement_timeout_sql));
+    let name = Arc::from(endpoint.name());
     let pool = Arc::new(BbNodePool::<C>::new(NodePoolSettings {
-        url: url.to_owned(),
+        endpoint,
+        on_connect,
         session_sql: session_sql.join("; "),
         max_size: role.max_size,
         connect_timeout: role.connect_timeout,
@@ -1157,24 +1236,22 @@ fn node_pool<C: SwitchTarget>(
         retry_connect,
     }));
     NodePool {
-        name: Arc::from(name),
+        name,
         pool,
         health: Arc::default(),
         weight,
     }
 }
 
-/// Whether every TCP host of `url` accepts a connection within `timeout`.
-async fn reachable(name: String, url: String, timeout: Duration) -> Result<(), Error> {
-    use std::str::FromStr;
+/// Whether every TCP host of the node accepts a connection within `timeout`.
+async fn reachable(endpoint: &PgEndpoint, timeout: Duration) -> Result<(), Error> {
     let err = |kind, source: crate::BoxError| Error::Node {
-        node: name.clone(),
+        node: endpoint.name().to_owned(),
         step: NodeStep::Connect,
         kind,
         source,
     };
-    let config =
-        tokio_postgres::Config::from_str(&url).map_err(|e| err(FailureKind::Other, Box::new(e)))?;
+    let config = endpoint.config();
     for (host, port) in config
         .get_hosts()
         .iter()
@@ -1205,36 +1282,6 @@ async fn reachable(name: String, url: String, timeout: Duration) -> Result<(), E
         }
     }
     Ok(())
-}
-
-/// `label (host:port)`: a node's name in errors and logs; never the password.
-pub(crate) fn node_name(label: &str, url: &str) -> Result<String, Error> {
-    Ok(format!("{label} ({})", describe_url(url, label)?))
-}
-
-/// `host:port` of a connection URL, for names in errors and logs; never the password.
-fn describe_url(url: &str, node: &str) -> Result<String, Error> {
-    use std::str::FromStr;
-    let config = tokio_postgres::Config::from_str(url).map_err(|e| Error::Node {
-        node: node.to_owned(),
-        step: NodeStep::ParseUrl,
-        kind: FailureKind::Other,
-        source: Box::new(e),
-    })?;
-    let hosts: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
-        .map(|(host, port)| match host {
-            tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
-            tokio_postgres::config::Host::Unix(path) => format!("{}:{port}", path.display()),
-        })
-        .collect();
-    Ok(if hosts.is_empty() {
-        "default host".to_owned()
-    } else {
-        hosts.join(",")
-    })
 }
 
 #[cfg(test)]
