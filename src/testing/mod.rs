@@ -31,9 +31,11 @@ mod faults;
 mod node;
 mod process;
 mod template;
+mod tls;
 
 pub use binaries::BINDIR_ENV;
 pub use cluster::{ClusterUrls, LocalCluster, LocalClusterBuilder, NodeStatus};
 pub use example::{run_example_migrations, schema, EXAMPLE_MIGRATIONS};
 pub use faults::{Fault, FaultNode, FaultStep, Faults};
 pub use process::is_gone as process_is_gone;
+pub use tls::other_ca_pem;
