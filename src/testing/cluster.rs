@@ -1346,3 +1346,64 @@ impl ClusterUrls {
         (self.cluster, self.primary, self.replicas)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_new_options_the_hba_and_settings_are_as_before() {
+        let access = Access::default().role("app", "pw");
+        assert_eq!(access.hba(), HBA);
+        assert_eq!(access.settings(Path::new("/dev/shm/rws-abc")), "");
+        assert!(!access.uses_socket());
+    }
+
+    #[test]
+    fn cert_roles_come_first_and_tls_only_rejects_plaintext_last() {
+        let access = Access {
+            tls_only: true,
+            password_auth: true,
+            cert_roles: vec!["certy".into()],
+            ..Access::default()
+        };
+        assert_eq!(
+            access.hba().lines().skip(1).collect::<Vec<_>>(),
+            [
+                "hostssl all \"certy\" 127.0.0.1/32 cert",
+                "hostnossl all \"certy\" 127.0.0.1/32 reject",
+                "local all all trust",
+                "local replication all trust",
+                "hostssl all all 127.0.0.1/32 scram-sha-256",
+                "hostssl replication all 127.0.0.1/32 scram-sha-256",
+                "host all all 127.0.0.1/32 reject",
+                "host replication all 127.0.0.1/32 reject",
+            ]
+        );
+        let conf = access.settings(Path::new("/dev/shm/rws-abc"));
+        assert!(conf.contains("unix_socket_directories = '/dev/shm/rws-abc'"));
+        assert!(conf.contains("ssl_ca_file = '/dev/shm/rws-abc/ca.crt'"));
+        assert!(conf.contains("password_encryption = 'scram-sha-256'"));
+    }
+
+    #[test]
+    fn passwords_stay_out_of_debug_and_names_are_checked() {
+        let builder = LocalCluster::builder().role("app", "hunter2");
+        assert!(!format!("{builder:?}").contains("hunter2"));
+        assert!(Access::default().role("a b", "x").check_names().is_err());
+        assert!(Access::default()
+            .role("app_1.x-y", "x")
+            .check_names()
+            .is_ok());
+        assert!(check_socket_dir(Path::new("/dev/shm/rws-abc")).is_ok());
+        assert!(check_socket_dir(Path::new("/tmp/a dir")).is_err());
+        assert!(check_socket_dir(&Path::new("/tmp").join("x".repeat(90))).is_err());
+    }
+
+    impl Access {
+        fn role(mut self, name: &str, password: &str) -> Self {
+            self.roles.push((name.into(), Secret(password.into())));
+            self
+        }
+    }
+}

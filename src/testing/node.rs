@@ -242,3 +242,36 @@ where
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_encode_credentials_and_socket_directories() {
+        let node = Node::new(Path::new("/dev/shm/rws-abc"), "primary", 5433);
+        assert_eq!(node.url(), "postgres://postgres@127.0.0.1:5433/postgres");
+        assert_eq!(
+            node.tcp_url_as("app", Some("p@ss:w/rd")),
+            "postgres://app:p%40ss%3Aw%2Frd@127.0.0.1:5433/postgres"
+        );
+        assert_eq!(
+            node.tcp_url_as("app", None),
+            "postgres://app@127.0.0.1:5433/postgres"
+        );
+        let node = node.with_socket_dir(Some("/dev/shm/rws-abc".into()));
+        let url = node.url();
+        assert_eq!(
+            url,
+            "postgres://postgres@%2Fdev%2Fshm%2Frws-abc:5433/postgres"
+        );
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        assert_eq!(
+            config.get_hosts(),
+            [tokio_postgres::config::Host::Unix(
+                "/dev/shm/rws-abc".into()
+            )]
+        );
+        assert_eq!(config.get_ports(), [5433]);
+    }
+}
