@@ -400,7 +400,10 @@ impl LocalClusterBuilder {
 /// - Lives in a short private directory (`/dev/shm/rws-XXXXXX`, memory-backed, or
 ///   `/tmp/rws-XXXXXX`), on free loopback
 ///   ports chosen by itself, so many clusters run at once. Trust auth on 127.0.0.1
-///   only; one physical replication slot per replica; `fsync=off`,
+///   only by default (see [`LocalClusterBuilder::tls`], [`tls_only`](LocalClusterBuilder::tls_only),
+///   [`password_auth`](LocalClusterBuilder::password_auth), [`role`](LocalClusterBuilder::role)
+///   and [`cert_role`](LocalClusterBuilder::cert_role) for TLS and real
+///   authentication); one physical replication slot per replica; `fsync=off`,
 ///   `synchronous_commit=on`; `pg_stat_statements` preloaded and created when the
 ///   machine has it.
 /// - As root, the servers run as the `postgres` OS user (or a `rwsplit-pg` system
