@@ -323,6 +323,10 @@ pub enum ClusterStep {
     Migrate,
     /// Reading or writing the state file of a detached cluster.
     State,
+    /// Making or writing the cluster's TLS certificates and keys.
+    Tls,
+    /// Creating the roles asked for with `role` / `cert_role`.
+    Roles,
 }
 
 #[cfg(feature = "testing")]
@@ -345,6 +349,8 @@ impl fmt::Display for ClusterStep {
             ClusterStep::CatchUp => "waiting for the replica to catch up",
             ClusterStep::Migrate => "applying migrations",
             ClusterStep::State => "reading the cluster state file",
+            ClusterStep::Tls => "making TLS certificates",
+            ClusterStep::Roles => "creating roles",
         })
     }
 }

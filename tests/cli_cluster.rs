@@ -106,6 +106,73 @@ fn up_prints_urls_status_reports_lag_and_down_leaves_nothing() {
 }
 
 #[test]
+fn up_with_tls_only_password_auth_and_a_role_prints_the_ca_and_status_and_down_work() {
+    let dir = unique_dir("tls");
+    let up = rwsplit(&[
+        "cluster",
+        "up",
+        "--replicas",
+        "1",
+        "--tls-only",
+        "--password-auth",
+        "--role",
+        "app:pw",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(up.status.success(), "up failed: {}", text(&up.stderr));
+    let vars: HashMap<String, String> = text(&up.stdout)
+        .lines()
+        .filter_map(|line| {
+            line.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
+        .collect();
+    let ca = PathBuf::from(&vars["RWSPLIT_CA_CERT"]);
+    assert!(ca.starts_with(&dir), "{vars:?}");
+    assert!(
+        std::fs::read_to_string(&ca)
+            .unwrap()
+            .contains("BEGIN CERTIFICATE"),
+        "{vars:?}"
+    );
+    // The superuser's URL names the Unix socket: safe for `eval`, no `&` or space.
+    assert!(
+        vars["PRIMARY_URL"].starts_with("postgres://postgres@%2F"),
+        "{vars:?}"
+    );
+    assert!(!text(&up.stdout).contains(['&', ' ', '\'']));
+    let pids = postmaster_pids(&dir);
+    assert_eq!(pids.len(), 2);
+
+    let status = rwsplit(&["cluster", "status", "--dir", dir.to_str().unwrap()]);
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    let report = text(&status.stdout);
+    let roles: Vec<&str> = report
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(roles, ["primary", "replica"], "{report}");
+
+    let down = rwsplit(&["cluster", "down", "--dir", dir.to_str().unwrap()]);
+    assert!(down.status.success(), "{}", text(&down.stderr));
+    assert!(pids.iter().all(|pid| process_is_gone(*pid)));
+    assert!(!dir.exists());
+}
+
+#[test]
+fn a_role_without_a_password_separator_is_a_usage_error() {
+    let out = rwsplit(&["cluster", "up", "--role", "app"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("NAME:PASSWORD"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn down_on_a_dir_without_a_cluster_is_a_clear_error() {
     let dir = unique_dir("empty");
     std::fs::create_dir_all(&dir).unwrap();

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::binaries::Search;
 use super::node::{lock, poll_until, Node, Startup};
 use super::process::{self, RunAs, Watchdog};
+use super::tls;
 use crate::{BoxError, ClusterStep, Error, Lsn, Result};
 
 /// Name of the file in the cluster directory that lets `attach` find a detached cluster.
@@ -43,6 +44,159 @@ host all all 127.0.0.1/32 trust
 host replication all 127.0.0.1/32 trust
 ";
 
+/// Longest cluster directory that can hold the servers' Unix sockets
+/// (`DIR/.s.PGSQL.NNNNN` must fit in the 107 bytes of a socket address).
+const MAX_SOCKET_DIR: usize = 90;
+
+/// A password, kept out of `Debug` output.
+#[derive(Clone)]
+struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// How clients get in: the builder's TLS and authentication options.
+#[derive(Debug, Clone, Default)]
+struct Access {
+    tls: bool,
+    tls_only: bool,
+    password_auth: bool,
+    roles: Vec<(String, Secret)>,
+    cert_roles: Vec<String>,
+}
+
+impl Access {
+    /// Whether the servers run with `ssl = on`.
+    fn tls_on(&self) -> bool {
+        self.tls || self.tls_only || !self.cert_roles.is_empty()
+    }
+
+    /// Whether the superuser's TCP login without TLS or password is closed, so that
+    /// the harness and replication go through a Unix socket instead.
+    fn uses_socket(&self) -> bool {
+        self.tls_only || self.password_auth
+    }
+
+    /// `pg_hba.conf`: exactly the historical trust file unless an option changes it.
+    fn hba(&self) -> String {
+        if !self.tls_on() && !self.password_auth {
+            return HBA.to_owned();
+        }
+        let mut hba = String::from("# Written by diesel_rwsplit::testing::LocalCluster.\n");
+        for role in &self.cert_roles {
+            hba.push_str(&format!(
+                "hostssl all \"{role}\" 127.0.0.1/32 cert\nhostnossl all \"{role}\" 127.0.0.1/32 reject\n"
+            ));
+        }
+        if self.uses_socket() {
+            hba.push_str("local all all trust\nlocal replication all trust\n");
+        }
+        let kind = if self.tls_only { "hostssl" } else { "host" };
+        let method = if self.password_auth {
+            "scram-sha-256"
+        } else {
+            "trust"
+        };
+        hba.push_str(&format!(
+            "{kind} all all 127.0.0.1/32 {method}\n{kind} replication all 127.0.0.1/32 {method}\n"
+        ));
+        if self.tls_only {
+            hba.push_str(
+                "host all all 127.0.0.1/32 reject\nhost replication all 127.0.0.1/32 reject\n",
+            );
+        }
+        hba
+    }
+
+    /// `postgresql.conf` lines for these options (none by default).
+    fn settings(&self, dir: &Path) -> String {
+        let quoted =
+            |path: PathBuf| format!("'{}'", path.display().to_string().replace('\'', "''"));
+        let mut conf = String::new();
+        if self.uses_socket() {
+            conf.push_str(&format!(
+                "unix_socket_directories = {}\n",
+                quoted(dir.to_path_buf())
+            ));
+        }
+        if self.tls_on() {
+            conf.push_str(&format!(
+                "ssl = on\nssl_cert_file = {}\nssl_key_file = {}\nssl_ca_file = {}\n",
+                quoted(dir.join(tls::SERVER_CERT)),
+                quoted(dir.join(tls::SERVER_KEY)),
+                quoted(dir.join(tls::CA_CERT)),
+            ));
+        }
+        if self.password_auth {
+            conf.push_str("password_encryption = 'scram-sha-256'\n");
+        }
+        conf
+    }
+
+    /// The SQL that creates the roles on the primary.
+    fn roles_sql(&self) -> String {
+        let grants = |role: &str| {
+            format!(
+                "GRANT CREATE ON SCHEMA public TO \"{role}\";\nGRANT pg_read_all_stats TO \"{role}\";\n"
+            )
+        };
+        let mut sql = String::new();
+        for (role, password) in &self.roles {
+            sql.push_str(&format!(
+                "CREATE ROLE \"{role}\" LOGIN PASSWORD '{}';\n",
+                password.0.replace('\'', "''")
+            ));
+            sql.push_str(&grants(role));
+        }
+        for role in &self.cert_roles {
+            sql.push_str(&format!("CREATE ROLE \"{role}\" LOGIN;\n"));
+            sql.push_str(&grants(role));
+        }
+        sql
+    }
+
+    /// Role names go unescaped into pg_hba.conf, file names and certificates.
+    fn check_names(&self) -> std::result::Result<(), String> {
+        let names = self
+            .roles
+            .iter()
+            .map(|(name, _)| name)
+            .chain(&self.cert_roles);
+        for name in names {
+            let valid = !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            if !valid {
+                return Err(format!(
+                    "role name {name:?}: use 1 to 63 ASCII letters, digits, `_`, `-` or `.`"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The directory holding the Unix sockets must make short, plain socket paths.
+fn check_socket_dir(dir: &Path) -> std::result::Result<(), String> {
+    let text = dir.to_string_lossy();
+    let plain = text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-' | b'.'));
+    if text.len() > MAX_SOCKET_DIR || !plain {
+        return Err(format!(
+            "with tls_only or password_auth the harness reaches the servers through Unix sockets \
+             in the cluster directory, whose path must be at most {MAX_SOCKET_DIR} bytes of ASCII \
+             letters, digits, `/`, `_`, `-` or `.`: {text}"
+        ));
+    }
+    Ok(())
+}
+
 /// Builds and starts a [`LocalCluster`].
 #[derive(Debug, Clone)]
 #[must_use]
@@ -53,6 +207,7 @@ pub struct LocalClusterBuilder {
     detached: bool,
     timeout: Duration,
     settings: Vec<(String, String)>,
+    access: Access,
 }
 
 impl Default for LocalClusterBuilder {
@@ -64,6 +219,7 @@ impl Default for LocalClusterBuilder {
             detached: false,
             timeout: Duration::from_secs(60),
             settings: Vec::new(),
+            access: Access::default(),
         }
     }
 }
@@ -113,6 +269,67 @@ impl LocalClusterBuilder {
         self
     }
 
+    /// Serve TLS: `ssl = on` on every node, with a certificate authority made for
+    /// this cluster (a fresh key pair, `ca.crt` and `ca.key` in the cluster
+    /// directory; see [`LocalCluster::ca_cert_path`]) and a server certificate
+    /// signed by it for `127.0.0.1` (IP SAN) and `localhost` (DNS SAN).
+    /// `ssl_ca_file` names the CA, so the servers verify client certificates.
+    /// Plaintext connections stay allowed (see [`tls_only`](Self::tls_only)).
+    /// Default: `false`.
+    pub fn tls(mut self, tls: bool) -> Self {
+        self.access.tls = tls;
+        self
+    }
+
+    /// Require TLS for every TCP connection (implies [`tls`](Self::tls)): pg_hba.conf
+    /// has only `hostssl` lines for TCP, then `host all all 127.0.0.1/32 reject`,
+    /// so a plaintext TCP login fails with SQLSTATE 28000. The harness itself (and
+    /// replication) then connects through a Unix socket in the cluster directory,
+    /// and [`LocalCluster::primary_url`] names that socket. Default: `false`.
+    pub fn tls_only(mut self, tls_only: bool) -> Self {
+        self.access.tls_only = tls_only;
+        self
+    }
+
+    /// Authenticate TCP logins with `scram-sha-256` (and `password_encryption =
+    /// scram-sha-256`): a wrong password fails with SQLSTATE 28P01. Log in as a
+    /// role made with [`role`](Self::role). The superuser `postgres` has no password:
+    /// the harness (and replication) connects through a Unix socket in the cluster
+    /// directory, and [`LocalCluster::primary_url`] names that socket.
+    /// Default: `false` (trust).
+    pub fn password_auth(mut self, password_auth: bool) -> Self {
+        self.access.password_auth = password_auth;
+        self
+    }
+
+    /// Create a `LOGIN` role `name` with a SCRAM password `password` on the primary
+    /// once it runs (replicas get it by replication). It may create tables in
+    /// schema `public` of database `postgres` and is a member of
+    /// `pg_read_all_stats` (it sees `pg_stat_ssl` and `pg_stat_activity` of every
+    /// session). It logs in with the password under
+    /// [`password_auth`](Self::password_auth), and with any password or none
+    /// under trust. Use [`LocalCluster::primary_url_as`] for its URLs. May be
+    /// called several times. Names: 1 to 63 ASCII letters, digits, `_`, `-`, `.`.
+    /// Default: no roles.
+    pub fn role(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
+        self.access
+            .roles
+            .push((name.into(), Secret(password.into())));
+        self
+    }
+
+    /// Create a `LOGIN` role `name` that logs in over TCP only with a client
+    /// certificate (implies [`tls`](Self::tls)): pg_hba.conf starts with
+    /// `hostssl all NAME 127.0.0.1/32 cert` (and refuses it without TLS). Its
+    /// certificate (CN = `name`, signed by the cluster's CA) and PKCS#8 key are
+    /// written in the cluster directory, see [`LocalCluster::client_cert`]. Same
+    /// grants and names as [`role`](Self::role). May be called several times.
+    /// Default: no such roles.
+    pub fn cert_role(mut self, name: impl Into<String>) -> Self {
+        self.access.cert_roles.push(name.into());
+        self
+    }
+
     /// Build and start the cluster. Returns once every replica is streaming.
     ///
     /// Cost: about 2 s for a primary and two replicas (initdb is most of it).
@@ -127,16 +344,33 @@ impl LocalClusterBuilder {
                 source,
             }
         };
+        self.access
+            .check_names()
+            .map_err(|e| cluster_err(ClusterStep::Roles)(e.into()))?;
         let bindir = Search::from_env(self.bindir.clone()).find()?;
         let run_as = RunAs::detect().map_err(|e| cluster_err(ClusterStep::Prepare)(e.into()))?;
+        if let (true, Some(dir)) = (self.access.uses_socket(), self.dir.as_deref()) {
+            let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+            check_socket_dir(&dir).map_err(|e| cluster_err(ClusterStep::Prepare)(e.into()))?;
+        }
         let dir = prepare_dir(self.dir.as_deref(), run_as)?;
+        let socket_dir = self.access.uses_socket().then(|| dir.clone());
+        if let Some(socket_dir) = &socket_dir {
+            if let Err(e) = check_socket_dir(socket_dir) {
+                let _ = std::fs::remove_dir_all(socket_dir);
+                return Err(cluster_err(ClusterStep::Prepare)(e.into()));
+            }
+        }
         let watchdog = if self.detached {
             None
         } else {
             Some(Watchdog::spawn(&dir).map_err(|e| cluster_err(ClusterStep::Prepare)(e.into()))?)
         };
         let mut cluster = LocalCluster {
-            primary: Node::new(&dir, "primary", 0),
+            primary: Node::new(&dir, "primary", 0).with_socket_dir(socket_dir.clone()),
+            ca_cert: self.access.tls_on().then(|| dir.join(tls::CA_CERT)),
+            cert_roles: self.access.cert_roles.clone(),
+            socket_dir,
             dir,
             bindir,
             run_as,
@@ -145,7 +379,7 @@ impl LocalClusterBuilder {
             detached: false,
             timeout: self.timeout,
         };
-        cluster.init_primary(&self.settings).await?;
+        cluster.init_primary(&self.settings, &self.access).await?;
         for index in 0..self.replicas {
             cluster.add_replica(index).await?;
         }
@@ -166,7 +400,10 @@ impl LocalClusterBuilder {
 /// - Lives in a short private directory (`/dev/shm/rws-XXXXXX`, memory-backed, or
 ///   `/tmp/rws-XXXXXX`), on free loopback
 ///   ports chosen by itself, so many clusters run at once. Trust auth on 127.0.0.1
-///   only; one physical replication slot per replica; `fsync=off`,
+///   only by default (see [`LocalClusterBuilder::tls`], [`tls_only`](LocalClusterBuilder::tls_only),
+///   [`password_auth`](LocalClusterBuilder::password_auth), [`role`](LocalClusterBuilder::role)
+///   and [`cert_role`](LocalClusterBuilder::cert_role) for TLS and real
+///   authentication); one physical replication slot per replica; `fsync=off`,
 ///   `synchronous_commit=on`; `pg_stat_statements` preloaded and created when the
 ///   machine has it.
 /// - As root, the servers run as the `postgres` OS user (or a `rwsplit-pg` system
@@ -182,6 +419,12 @@ impl LocalClusterBuilder {
 /// only once its effect can be observed.
 pub struct LocalCluster {
     dir: PathBuf,
+    /// The cluster CA's certificate, when the servers run TLS.
+    ca_cert: Option<PathBuf>,
+    /// Roles that log in with a client certificate.
+    cert_roles: Vec<String>,
+    /// Where the harness reaches the servers' Unix sockets (tls_only, password_auth).
+    socket_dir: Option<PathBuf>,
     bindir: PathBuf,
     run_as: RunAs,
     primary: Node,
@@ -213,19 +456,65 @@ impl LocalCluster {
         Self::builder().replicas(replicas).start().await
     }
 
-    /// Connection URL of the primary (`postgres://postgres@127.0.0.1:PORT/postgres`).
+    /// Connection URL of the primary for the superuser `postgres`, which needs no
+    /// password and no TLS: `postgres://postgres@127.0.0.1:PORT/postgres` by
+    /// default and with [`tls`](LocalClusterBuilder::tls) alone (trust over TCP).
+    /// With [`tls_only`](LocalClusterBuilder::tls_only) or
+    /// [`password_auth`](LocalClusterBuilder::password_auth), TCP logins need TLS
+    /// or a password, so this URL names the server's Unix socket in the cluster
+    /// directory instead (trust for local connections only):
+    /// `postgres://postgres@%2Fdev%2Fshm%2Frws-XXXXXX:PORT/postgres`, which
+    /// tokio-postgres, diesel-async and libpq all read. For TCP logins as a role,
+    /// see [`primary_url_as`](Self::primary_url_as).
     pub fn primary_url(&self) -> String {
         self.primary.url()
     }
 
-    /// Connection URLs of the replicas, in index order.
+    /// Connection URLs of the replicas for the superuser, in index order (TCP or
+    /// Unix socket, as [`primary_url`](Self::primary_url) says).
     pub fn replica_urls(&self) -> Vec<String> {
         self.replicas.iter().map(Node::url).collect()
     }
 
-    /// Connection URL of one replica.
+    /// Connection URL of one replica for the superuser (see
+    /// [`replica_urls`](Self::replica_urls)).
     pub fn replica_url(&self, index: usize) -> Result<String> {
         Ok(self.replica(index)?.url())
+    }
+
+    /// TCP connection URL of the primary for `user`:
+    /// `postgres://USER:PASSWORD@127.0.0.1:PORT/postgres` (user and password
+    /// percent-encoded; no `:PASSWORD` when `None`), with no `sslmode` or other
+    /// option: append `?sslmode=require` (or what the client understands) yourself.
+    pub fn primary_url_as(&self, user: &str, password: Option<&str>) -> String {
+        self.primary.tcp_url_as(user, password)
+    }
+
+    /// TCP connection URLs of the replicas for `user`, in index order, as
+    /// [`primary_url_as`](Self::primary_url_as) makes them.
+    pub fn replica_urls_as(&self, user: &str, password: Option<&str>) -> Vec<String> {
+        self.replicas
+            .iter()
+            .map(|node| node.tcp_url_as(user, password))
+            .collect()
+    }
+
+    /// The PEM certificate of the cluster's CA, which signed the servers' and the
+    /// client certificates (`None` without TLS). Clients verifying the servers
+    /// (`sslmode=verify-ca`, or `verify-full` for `127.0.0.1` / `localhost`) trust it.
+    pub fn ca_cert_path(&self) -> Option<&Path> {
+        self.ca_cert.as_deref()
+    }
+
+    /// The client certificate and its PKCS#8 key (both PEM files in the cluster
+    /// directory, mode 0600, owned by the user of the process that started the
+    /// cluster) of a role made with [`cert_role`](LocalClusterBuilder::cert_role);
+    /// `None` for any other name.
+    pub fn client_cert(&self, role: &str) -> Option<(PathBuf, PathBuf)> {
+        self.cert_roles
+            .iter()
+            .any(|r| r == role)
+            .then(|| tls::client_paths(&self.dir, role))
     }
 
     /// Number of replicas.
@@ -532,10 +821,16 @@ impl LocalCluster {
             source: format!("{}: {why}", state_path.display()).into(),
         };
         let mut bindir = None;
-        let mut nodes = Vec::new();
+        let mut socket_dir = None;
+        let mut ca_cert = None;
+        let mut cert_roles = Vec::new();
+        let mut listed = Vec::new();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             match line.split_once('=') {
                 Some(("bindir", value)) => bindir = Some(PathBuf::from(value)),
+                Some(("socket_dir", value)) => socket_dir = Some(PathBuf::from(value)),
+                Some(("ca_cert", value)) => ca_cert = Some(PathBuf::from(value)),
+                Some(("cert_role", value)) => cert_roles.push(value.to_owned()),
                 Some(("node", value)) => {
                     let (name, port) = value
                         .split_once(' ')
@@ -543,17 +838,20 @@ impl LocalCluster {
                     let port = port
                         .parse::<u16>()
                         .map_err(|_| state_err("malformed port"))?;
-                    let node = Node::new(&dir, name, port);
-                    let pid = std::fs::read_to_string(node.data_dir.join("postmaster.pid"))
-                        .ok()
-                        .and_then(|text| text.lines().next()?.trim().parse::<u32>().ok())
-                        .filter(|pid| !process::is_gone(*pid));
-                    *lock(&node.process) =
-                        pid.map(|pid| super::node::ServerProcess { pid, child: None });
-                    nodes.push(node);
+                    listed.push((name.to_owned(), port));
                 }
                 _ => return Err(state_err("unknown line")),
             }
+        }
+        let mut nodes = Vec::new();
+        for (name, port) in listed {
+            let node = Node::new(&dir, &name, port).with_socket_dir(socket_dir.clone());
+            let pid = std::fs::read_to_string(node.data_dir.join("postmaster.pid"))
+                .ok()
+                .and_then(|text| text.lines().next()?.trim().parse::<u32>().ok())
+                .filter(|pid| !process::is_gone(*pid));
+            *lock(&node.process) = pid.map(|pid| super::node::ServerProcess { pid, child: None });
+            nodes.push(node);
         }
         let bindir = bindir.ok_or_else(|| state_err("no bindir"))?;
         if nodes.is_empty() || nodes[0].name != "primary" {
@@ -562,6 +860,9 @@ impl LocalCluster {
         let primary = nodes.remove(0);
         Ok(LocalCluster {
             dir,
+            ca_cert,
+            cert_roles,
+            socket_dir,
             bindir,
             run_as: RunAs::detect().map_err(|e| state_err(&e.to_string()))?,
             primary,
@@ -634,7 +935,7 @@ impl LocalCluster {
         }
     }
 
-    async fn init_primary(&mut self, settings: &[(String, String)]) -> Result<()> {
+    async fn init_primary(&mut self, settings: &[(String, String)], access: &Access) -> Result<()> {
         let (bindir, run_as, data_dir) = (
             self.bindir.clone(),
             self.run_as,
@@ -651,12 +952,22 @@ impl LocalCluster {
                 "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = all\n",
             );
         }
+        conf.push_str(&access.settings(&self.dir));
         for (name, value) in settings {
             conf.push_str(&format!("{name} = '{}'\n", value.replace('\'', "''")));
         }
+        if access.tls_on() {
+            let made = tls::write_server_files(&self.dir, self.run_as).and_then(|ca| {
+                access
+                    .cert_roles
+                    .iter()
+                    .try_for_each(|role| tls::write_client_files(&ca, &self.dir, role))
+            });
+            made.map_err(|e| self.err("cluster", ClusterStep::Tls, e.into()))?;
+        }
         let data_dir = &self.primary.data_dir;
         let written = append(&data_dir.join("postgresql.conf"), &conf)
-            .and_then(|()| std::fs::write(data_dir.join("pg_hba.conf"), HBA));
+            .and_then(|()| std::fs::write(data_dir.join("pg_hba.conf"), access.hba()));
         written.map_err(|e| self.err("primary", ClusterStep::Configure, e.into()))?;
 
         self.start_node(&self.primary, true).await?;
@@ -665,6 +976,14 @@ impl LocalCluster {
                 .query_text("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
                 .await
                 .map_err(|e| self.err("primary", ClusterStep::Configure, e))?;
+        }
+        let roles = access.roles_sql();
+        if !roles.is_empty() {
+            // Before any base backup: the replicas start with the roles.
+            self.primary
+                .query_text(&roles)
+                .await
+                .map_err(|e| self.err("primary", ClusterStep::Roles, e))?;
         }
         Ok(())
     }
@@ -683,13 +1002,18 @@ impl LocalCluster {
 
     async fn add_replica(&mut self, index: usize) -> Result<()> {
         let name = format!("replica{}", index + 1);
-        let node = Node::new(&self.dir, &name, 0);
+        let node = Node::new(&self.dir, &name, 0).with_socket_dir(self.socket_dir.clone());
         let slot = format!("slot{}", index + 1);
+        // The Unix socket where TCP logins need TLS or a password; trust over TCP else.
+        let host = self
+            .socket_dir
+            .as_ref()
+            .map_or_else(|| "127.0.0.1".to_owned(), |d| d.display().to_string());
         let mut basebackup = self.run_as.command(&self.bindir.join("pg_basebackup"));
         basebackup
             .args([
                 "-h",
-                "127.0.0.1",
+                &host,
                 "-p",
                 &self.primary.port().to_string(),
                 "-U",
@@ -714,7 +1038,7 @@ impl LocalCluster {
         // Later lines win over what `-R` wrote; application_name lets the primary's
         // pg_stat_replication tell the replicas apart.
         let standby = format!(
-            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={name}'\nprimary_slot_name = '{slot}'\n",
+            "primary_conninfo = 'host={host} port={} user=postgres application_name={name}'\nprimary_slot_name = '{slot}'\n",
             self.primary.port()
         );
         append(&node.data_dir.join("postgresql.auto.conf"), &standby)
@@ -773,6 +1097,15 @@ impl LocalCluster {
 
     fn write_state(&self) -> std::io::Result<()> {
         let mut text = format!("bindir={}\n", self.bindir.display());
+        if let Some(dir) = &self.socket_dir {
+            text.push_str(&format!("socket_dir={}\n", dir.display()));
+        }
+        if let Some(ca) = &self.ca_cert {
+            text.push_str(&format!("ca_cert={}\n", ca.display()));
+        }
+        for role in &self.cert_roles {
+            text.push_str(&format!("cert_role={role}\n"));
+        }
         for node in std::iter::once(&self.primary).chain(&self.replicas) {
             text.push_str(&format!("node={} {}\n", node.name, node.port()));
         }
@@ -1014,5 +1347,66 @@ impl ClusterUrls {
     /// The cluster guard (keep it alive), the primary URL and the replica URLs.
     pub fn into_parts(self) -> (Option<LocalCluster>, String, Vec<String>) {
         (self.cluster, self.primary, self.replicas)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_new_options_the_hba_and_settings_are_as_before() {
+        let access = Access::default().role("app", "pw");
+        assert_eq!(access.hba(), HBA);
+        assert_eq!(access.settings(Path::new("/dev/shm/rws-abc")), "");
+        assert!(!access.uses_socket());
+    }
+
+    #[test]
+    fn cert_roles_come_first_and_tls_only_rejects_plaintext_last() {
+        let access = Access {
+            tls_only: true,
+            password_auth: true,
+            cert_roles: vec!["certy".into()],
+            ..Access::default()
+        };
+        assert_eq!(
+            access.hba().lines().skip(1).collect::<Vec<_>>(),
+            [
+                "hostssl all \"certy\" 127.0.0.1/32 cert",
+                "hostnossl all \"certy\" 127.0.0.1/32 reject",
+                "local all all trust",
+                "local replication all trust",
+                "hostssl all all 127.0.0.1/32 scram-sha-256",
+                "hostssl replication all 127.0.0.1/32 scram-sha-256",
+                "host all all 127.0.0.1/32 reject",
+                "host replication all 127.0.0.1/32 reject",
+            ]
+        );
+        let conf = access.settings(Path::new("/dev/shm/rws-abc"));
+        assert!(conf.contains("unix_socket_directories = '/dev/shm/rws-abc'"));
+        assert!(conf.contains("ssl_ca_file = '/dev/shm/rws-abc/ca.crt'"));
+        assert!(conf.contains("password_encryption = 'scram-sha-256'"));
+    }
+
+    #[test]
+    fn passwords_stay_out_of_debug_and_names_are_checked() {
+        let builder = LocalCluster::builder().role("app", "hunter2");
+        assert!(!format!("{builder:?}").contains("hunter2"));
+        assert!(Access::default().role("a b", "x").check_names().is_err());
+        assert!(Access::default()
+            .role("app_1.x-y", "x")
+            .check_names()
+            .is_ok());
+        assert!(check_socket_dir(Path::new("/dev/shm/rws-abc")).is_ok());
+        assert!(check_socket_dir(Path::new("/tmp/a dir")).is_err());
+        assert!(check_socket_dir(&Path::new("/tmp").join("x".repeat(90))).is_err());
+    }
+
+    impl Access {
+        fn role(mut self, name: &str, password: &str) -> Self {
+            self.roles.push((name.into(), Secret(password.into())));
+            self
+        }
     }
 }

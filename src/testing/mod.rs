@@ -20,6 +20,30 @@
 //! # Ok(()) }
 //! ```
 //!
+//! For tests that need what production has, the builder adds TLS with a CA made
+//! per cluster, TLS-only TCP, SCRAM passwords, roles and client-certificate
+//! logins (checked here with tokio-postgres and rustls):
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), diesel_rwsplit::Error> {
+//! use diesel_rwsplit::testing::LocalCluster;
+//!
+//! let cluster = LocalCluster::builder()
+//!     .replicas(1)
+//!     .tls_only(true)            // plaintext TCP logins fail with 28000
+//!     .password_auth(true)       // scram-sha-256
+//!     .role("app", "app-pw")     // a login role that may create tables in public
+//!     .cert_role("batch")        // logs in with a client certificate only
+//!     .start()
+//!     .await?;
+//! let ca = cluster.ca_cert_path().expect("TLS is on");
+//! let url = format!("{}?sslmode=require", cluster.primary_url_as("app", Some("app-pw")));
+//! let (cert, key) = cluster.client_cert("batch").expect("a cert role");
+//! // The harness's own URL (superuser, Unix socket here) still needs no TLS:
+//! let admin = cluster.primary_url();
+//! # let _ = (ca, url, cert, key, admin); Ok(()) }
+//! ```
+//!
 //! Requirements: PostgreSQL server binaries (`initdb`, `postgres`,
 //! `pg_basebackup`); see [`LocalClusterBuilder::pg_bindir`] for where they are
 //! looked for. On Debian/Ubuntu: `apt-get install postgresql`.
@@ -31,9 +55,11 @@ mod faults;
 mod node;
 mod process;
 mod template;
+mod tls;
 
 pub use binaries::BINDIR_ENV;
 pub use cluster::{ClusterUrls, LocalCluster, LocalClusterBuilder, NodeStatus};
 pub use example::{run_example_migrations, schema, EXAMPLE_MIGRATIONS};
 pub use faults::{Fault, FaultNode, FaultStep, Faults};
 pub use process::is_gone as process_is_gone;
+pub use tls::other_ca_pem;

@@ -25,6 +25,9 @@ pub(super) struct Node {
     pub(super) data_dir: PathBuf,
     pub(super) log: PathBuf,
     pub(super) process: Mutex<Option<ServerProcess>>,
+    /// The directory of the server's Unix socket, when the harness connects through
+    /// it (clusters whose TCP logins need TLS or a password); `None`: TCP, trust.
+    pub(super) socket_dir: Option<PathBuf>,
 }
 
 /// How waiting for a freshly spawned server ended.
@@ -42,15 +45,44 @@ impl Node {
             data_dir: cluster_dir.join(name),
             log: cluster_dir.join(format!("{name}.log")),
             process: Mutex::new(None),
+            socket_dir: None,
         }
+    }
+
+    /// The same node, reached by the harness through a Unix socket in `dir`.
+    pub(super) fn with_socket_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.socket_dir = dir;
+        self
     }
 
     pub(super) fn port(&self) -> u16 {
         *lock(&self.port)
     }
 
+    /// The superuser's URL: over TCP on 127.0.0.1, or through the Unix socket (its
+    /// directory percent-encoded in the host part, which tokio-postgres and libpq
+    /// both read as a socket directory, and which needs no quoting in a shell).
     pub(super) fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port())
+        match &self.socket_dir {
+            None => format!("postgres://postgres@127.0.0.1:{}/postgres", self.port()),
+            Some(dir) => format!(
+                "postgres://postgres@{}:{}/postgres",
+                percent_encode(&dir.to_string_lossy()),
+                self.port()
+            ),
+        }
+    }
+
+    /// A URL for `user` (and `password`) over TCP on 127.0.0.1, with no options.
+    pub(super) fn tcp_url_as(&self, user: &str, password: Option<&str>) -> String {
+        let credentials = match password {
+            Some(password) => format!("{}:{}", percent_encode(user), percent_encode(password)),
+            None => percent_encode(user),
+        };
+        format!(
+            "postgres://{credentials}@127.0.0.1:{}/postgres",
+            self.port()
+        )
     }
 
     pub(super) fn pid(&self) -> Option<u32> {
@@ -169,6 +201,19 @@ impl Node {
     }
 }
 
+/// Percent-encode everything but RFC 3986's unreserved characters.
+pub(super) fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 /// Poison-tolerant lock: a panicking test must not stop the cluster from being dropped.
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -195,5 +240,38 @@ where
             return Err(format!("{what}: not reached within {timeout:?}").into());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_encode_credentials_and_socket_directories() {
+        let node = Node::new(Path::new("/dev/shm/rws-abc"), "primary", 5433);
+        assert_eq!(node.url(), "postgres://postgres@127.0.0.1:5433/postgres");
+        assert_eq!(
+            node.tcp_url_as("app", Some("p@ss:w/rd")),
+            "postgres://app:p%40ss%3Aw%2Frd@127.0.0.1:5433/postgres"
+        );
+        assert_eq!(
+            node.tcp_url_as("app", None),
+            "postgres://app@127.0.0.1:5433/postgres"
+        );
+        let node = node.with_socket_dir(Some("/dev/shm/rws-abc".into()));
+        let url = node.url();
+        assert_eq!(
+            url,
+            "postgres://postgres@%2Fdev%2Fshm%2Frws-abc:5433/postgres"
+        );
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        assert_eq!(
+            config.get_hosts(),
+            [tokio_postgres::config::Host::Unix(
+                "/dev/shm/rws-abc".into()
+            )]
+        );
+        assert_eq!(config.get_ports(), [5433]);
     }
 }

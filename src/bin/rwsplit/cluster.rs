@@ -10,7 +10,9 @@ use diesel_rwsplit::testing::LocalCluster;
 #[derive(Debug, Subcommand)]
 pub(crate) enum ClusterCommand {
     /// Start a cluster that keeps running after this command returns; prints
-    /// `PRIMARY_URL=...`, `REPLICA_URLS=...` and `RWSPLIT_CLUSTER_DIR=...` for `eval`.
+    /// `PRIMARY_URL=...`, `REPLICA_URLS=...` and `RWSPLIT_CLUSTER_DIR=...` (and
+    /// `RWSPLIT_CA_CERT=...` with TLS) for `eval`. The URLs are the superuser's:
+    /// through the servers' Unix sockets with --tls-only or --password-auth.
     Up {
         /// Number of replicas.
         #[arg(long, default_value_t = 2)]
@@ -21,6 +23,19 @@ pub(crate) enum ClusterCommand {
         /// Directory of the PostgreSQL server binaries (default: searched).
         #[arg(long)]
         pg_bindir: Option<PathBuf>,
+        /// Serve TLS with a CA made for this cluster (plaintext stays allowed).
+        #[arg(long)]
+        tls: bool,
+        /// Require TLS for every TCP connection (implies --tls).
+        #[arg(long)]
+        tls_only: bool,
+        /// Authenticate TCP logins with scram-sha-256 passwords.
+        #[arg(long)]
+        password_auth: bool,
+        /// Create a login role NAME with password PASSWORD (repeatable); log in as
+        /// postgres://NAME:PASSWORD@127.0.0.1:PORT/postgres.
+        #[arg(long = "role", value_name = "NAME:PASSWORD", value_parser = parse_role)]
+        roles: Vec<(String, String)>,
     },
     /// Print each node's role, WAL positions and replay lag in bytes.
     Status {
@@ -57,8 +72,20 @@ async fn execute(command: ClusterCommand) -> Result<(), diesel_rwsplit::Error> {
             replicas,
             dir,
             pg_bindir,
+            tls,
+            tls_only,
+            password_auth,
+            roles,
         } => {
-            let mut builder = LocalCluster::builder().replicas(replicas).detached(true);
+            let mut builder = LocalCluster::builder()
+                .replicas(replicas)
+                .detached(true)
+                .tls(tls)
+                .tls_only(tls_only)
+                .password_auth(password_auth);
+            for (name, password) in roles {
+                builder = builder.role(name, password);
+            }
             if let Some(dir) = dir {
                 builder = builder.dir(dir);
             }
@@ -69,6 +96,9 @@ async fn execute(command: ClusterCommand) -> Result<(), diesel_rwsplit::Error> {
             println!("PRIMARY_URL={}", cluster.primary_url());
             println!("REPLICA_URLS={}", cluster.replica_urls().join(","));
             println!("RWSPLIT_CLUSTER_DIR={}", cluster.dir().display());
+            if let Some(ca) = cluster.ca_cert_path() {
+                println!("RWSPLIT_CA_CERT={}", ca.display());
+            }
             Ok(())
         }
         ClusterCommand::Status { dir } => {
@@ -100,6 +130,14 @@ async fn execute(command: ClusterCommand) -> Result<(), diesel_rwsplit::Error> {
             cluster.shutdown()?;
             Ok(())
         }
+    }
+}
+
+/// Parse `--role NAME:PASSWORD`, splitting on the first `:`.
+fn parse_role(value: &str) -> Result<(String, String), String> {
+    match value.split_once(':') {
+        Some((name, password)) if !name.is_empty() => Ok((name.to_owned(), password.to_owned())),
+        _ => Err("expected NAME:PASSWORD".to_owned()),
     }
 }
 
