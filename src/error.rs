@@ -158,19 +158,33 @@ impl Error {
     /// # }
     /// ```
     pub fn tls_failure(&self) -> Option<crate::TlsFailure> {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
-        while let Some(current) = cause {
-            if let Some(tls) = current.downcast_ref::<crate::connect::TlsError>() {
-                return Some(tls.failure);
-            }
-            if let Some(shared) = current.downcast_ref::<crate::connection::SharedError>() {
-                if let Some(tls) = shared.0.downcast_ref::<crate::connect::TlsError>() {
-                    return Some(tls.failure);
-                }
-            }
-            cause = current.source();
-        }
-        None
+        self.causes()
+            .find_map(|cause| cause.downcast_ref::<crate::connect::TlsError>())
+            .map(|tls| tls.failure)
+    }
+
+    /// The SQLSTATE the server answered with, if a server error is among the
+    /// causes (say `28P01` for a password it refused). Decide by this, never by
+    /// message text.
+    pub fn sqlstate(&self) -> Option<&str> {
+        self.causes()
+            .find_map(|cause| cause.downcast_ref::<tokio_postgres::Error>())
+            .and_then(|error| error.code())
+            .map(|code| code.code())
+    }
+
+    /// This error and its causes, a shared cause standing for the error it holds.
+    fn causes(&self) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        std::iter::from_fn(move || {
+            let current = next?;
+            let current = match current.downcast_ref::<crate::connection::SharedError>() {
+                Some(shared) => &*shared.0 as &(dyn std::error::Error + 'static),
+                None => current,
+            };
+            next = current.source();
+            Some(current)
+        })
     }
 }
 

@@ -400,7 +400,7 @@ async fn a_credentials_provider_keeps_the_pool_working_across_a_rotation() {
     let mut conn = pool.get().await.unwrap();
     insert(&mut conn, "tls_rotating_notes", "before").await;
     drop(conn);
-    let before = calls.load(Ordering::SeqCst);
+    let before = AtomicUsize::load(&calls, Ordering::SeqCst);
     assert!(
         before >= 2,
         "a replica session and a primary session: {before} calls"
@@ -421,14 +421,14 @@ async fn a_credentials_provider_keeps_the_pool_working_across_a_rotation() {
     cluster().wait_for_replicas(WAIT).await.unwrap();
     *current.lock().unwrap() = String::from("second-password");
     for node in node_urls() {
-        admin(&node)
-            .await
-            .execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
-                &[&user],
-            )
-            .await
-            .unwrap();
+        let client = admin(&node).await;
+        tokio_postgres::Client::execute(
+            &client,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+            &[&user],
+        )
+        .await
+        .unwrap();
     }
     let old = tokio_postgres_login(user, "first-password").await;
     assert_eq!(old, Some("28P01".to_owned()), "the old password is refused");
@@ -439,7 +439,7 @@ async fn a_credentials_provider_keeps_the_pool_working_across_a_rotation() {
     assert_eq!(conn.target(), Target::Primary);
     drop(conn);
     assert!(
-        calls.load(Ordering::SeqCst) > before,
+        AtomicUsize::load(&calls, Ordering::SeqCst) > before,
         "new sessions asked again"
     );
     for node in node_urls() {
@@ -462,16 +462,12 @@ async fn tokio_postgres_login(user: &str, password: &str) -> Option<String> {
         .unwrap();
     match pool.get_primary().await {
         Ok(_) => None,
-        Err(error) => {
-            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
-            while let Some(current) = cause {
-                if let Some(pg) = current.downcast_ref::<tokio_postgres::Error>() {
-                    return pg.code().map(|code| code.code().to_owned());
-                }
-                cause = current.source();
-            }
-            Some(format!("no driver error in {error:?}"))
-        }
+        Err(error) => Some(
+            error
+                .sqlstate()
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("no SQLSTATE in {error:?}")),
+        ),
     }
 }
 
@@ -575,7 +571,7 @@ async fn the_setup_hook_runs_on_every_session_and_cannot_unlock_a_replica() {
         .await
         .unwrap();
     assert_eq!(app.name, "hooked");
-    assert_eq!(hooked.load(Ordering::SeqCst), 2);
+    assert_eq!(AtomicUsize::load(&hooked, Ordering::SeqCst), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -219,7 +219,7 @@ fn first_host(config: &tokio_postgres::Config) -> (String, u16) {
 
 /// A tokio-postgres connect error, typed by SQLSTATE and I/O error kind.
 pub(crate) fn pg_connect_failure(error: tokio_postgres::Error) -> NodeFailure {
-    NodeFailure::new(pg_failure_kind(&error), Box::new(error))
+    NodeFailure::new(pg_failure_kind(&error), error)
 }
 
 fn pg_failure_kind(error: &tokio_postgres::Error) -> FailureKind {

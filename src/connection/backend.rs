@@ -292,13 +292,13 @@ impl SwitchTarget for AsyncPgConnection {
                 .await?;
             let mut conn = AsyncPgConnection::try_from_client_and_connection(client, connection)
                 .await
-                .map_err(|e| NodeFailure::new(FailureKind::Server, Box::new(e)))?;
+                .map_err(|e| NodeFailure::new(FailureKind::Server, e))?;
             // The application's set-up first, the crate's session SQL last: a hook
             // cannot turn a replica session writable.
             if let Some(hook) = &settings.on_connect {
                 hook(&mut conn)
                     .await
-                    .map_err(|e| NodeFailure::new(FailureKind::Server, Box::new(e)))?;
+                    .map_err(|e| NodeFailure::new(FailureKind::Server, e))?;
             }
             if !settings.session_sql.is_empty() {
                 diesel_async::SimpleAsyncConnection::batch_execute(
@@ -306,7 +306,7 @@ impl SwitchTarget for AsyncPgConnection {
                     &settings.session_sql,
                 )
                 .await
-                .map_err(|e| NodeFailure::new(FailureKind::Server, Box::new(e)))?;
+                .map_err(|e| NodeFailure::new(FailureKind::Server, e))?;
             }
             Ok(conn)
         }

@@ -228,7 +228,7 @@ impl<C: SwitchTarget> bb8::ManageConnection for Manager<C> {
         let bound = self.settings.connect_timeout;
         match tokio::time::timeout(bound, conn.batch_execute("SELECT 1")).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(NodeFailure::stale_session(Box::new(e))),
+            Ok(Err(e)) => Err(NodeFailure::stale_session(e)),
             Err(_) => {
                 // The session's state is unknown now: never hand it out again. It is
                 // evidence against that session only; if the node is hung, the new

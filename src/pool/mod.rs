@@ -1252,18 +1252,20 @@ async fn reachable(endpoint: &PgEndpoint, timeout: Duration) -> Result<(), Error
         source,
     };
     let config = endpoint.config();
-    for (host, port) in config
+    for (index, (host, port)) in config
         .get_hosts()
         .iter()
         .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .enumerate()
     {
         if let tokio_postgres::config::Host::Tcp(host) = host {
-            match tokio::time::timeout(
-                timeout,
-                tokio::net::TcpStream::connect((host.as_str(), *port)),
-            )
-            .await
-            {
+            // libpq's `hostaddr` is where the connection goes; `host` is then only
+            // the name the certificate must carry.
+            let connect = match config.get_hostaddrs().get(index) {
+                Some(addr) => tokio::net::TcpStream::connect((*addr, *port)).boxed(),
+                None => tokio::net::TcpStream::connect((host.as_str(), *port)).boxed(),
+            };
+            match tokio::time::timeout(timeout, connect).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     let kind = match e.kind() {
