@@ -11,6 +11,11 @@
 //! typed DSL and with `sql_query`. The variants run interleaved, round after round,
 //! so machine noise hits them alike; the report gives the median throughput of
 //! each and the switchable/plain ratios.
+//!
+//! With `RWSPLIT_OVERHEAD_TLS=1` the cluster has TLS on and the plain and switchable
+//! connections all use it, verified against the cluster's CA (`verify-full`): the
+//! plain one through tokio-postgres-rustls with the same rustls configuration, the
+//! switchable ones through the pool's URL settings.
 
 use std::time::Instant;
 
@@ -78,6 +83,33 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
+/// A plain `AsyncPgConnection` over TLS verified against `ca`, through
+/// tokio-postgres-rustls with the rustls configuration the crate builds for
+/// `verify-full` (same provider, same verifier).
+async fn plain_over_tls(
+    url: &str,
+    ca: &std::path::Path,
+) -> Result<AsyncPgConnection, Box<dyn std::error::Error>> {
+    use diesel_rwsplit::rustls;
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    #[allow(deprecated)] // the provider the crate uses (see its TLS docs)
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let (client, connection) = tokio_postgres::connect(
+        &format!("{url}?sslmode=require"),
+        tokio_postgres_rustls::MakeRustlsConnect::new(config),
+    )
+    .await?;
+    Ok(AsyncPgConnection::try_from_client_and_connection(client, connection).await?)
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<usize> = std::env::args()
@@ -87,7 +119,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rounds = <[usize]>::first(&args).copied().unwrap_or(15);
     let per_round = args.get(1).copied().unwrap_or(2000);
 
-    let cluster = LocalCluster::start(1).await?;
+    let tls = std::env::var_os("RWSPLIT_OVERHEAD_TLS").is_some_and(|v| v == "1");
+    let cluster = LocalCluster::builder().replicas(1).tls(tls).start().await?;
+    // The pool's URLs: with TLS, verified against the cluster's CA.
+    let with_tls = |url: String| match cluster.ca_cert_path() {
+        Some(ca) => format!("{url}?sslmode=verify-full&sslrootcert={}", ca.display()),
+        None => url,
+    };
     let mut setup = AsyncPgConnection::establish(&cluster.primary_url()).await?;
     diesel::sql_query("CREATE TABLE IF NOT EXISTS bench_kv (id INT PRIMARY KEY, v TEXT NOT NULL)")
         .execute(&mut setup)
@@ -101,17 +139,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .wait_for_replicas(std::time::Duration::from_secs(10))
         .await?;
 
-    let replica_url = cluster.replica_url(0)?;
-    let mut plain = AsyncPgConnection::establish(&replica_url).await?;
+    let mut plain = match cluster.ca_cert_path() {
+        Some(ca) => plain_over_tls(&cluster.replica_url(0)?, ca).await?,
+        None => AsyncPgConnection::establish(&cluster.replica_url(0)?).await?,
+    };
+    let replica_url = with_tls(cluster.replica_url(0)?);
     let pool = SwitchablePool::<AsyncPgConnection>::builder()
-        .primary(cluster.primary_url())
+        .primary(with_tls(cluster.primary_url()))
         .replicas([replica_url.clone()])
         .replica_max_size(1)
         .build()
         .await?;
     let mut switchable = pool.get().await?;
     let no_retry_pool = SwitchablePool::<AsyncPgConnection>::builder()
-        .primary(cluster.primary_url())
+        .primary(with_tls(cluster.primary_url()))
         .replicas([replica_url])
         .replica_max_size(1)
         .read_retry(false)

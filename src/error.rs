@@ -76,6 +76,17 @@ pub enum Error {
         timeout: std::time::Duration,
     },
 
+    /// A read-only transaction runs on a replica from `BEGIN` to its end, so nothing
+    /// inside it can move the connection to the primary: a hook or an explicit
+    /// switch was refused. Nothing was run. (A write statement inside it is sent to
+    /// the replica, which refuses it as PostgreSQL refuses any write in a read-only
+    /// transaction, SQLSTATE 25006.)
+    #[error("inside a read-only transaction on a replica: cannot switch to the primary ({reason}); end the transaction first")]
+    InReplicaTransaction {
+        /// What asked for the primary.
+        reason: crate::SwitchReason,
+    },
+
     /// A replica-first connection was asked for, every replica is ejected or
     /// unreachable, and fallback to the primary is off.
     #[error("none of the {replicas} replica(s) is available and fallback to the primary is off")]

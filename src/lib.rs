@@ -289,10 +289,11 @@ pub mod __private {
     };
 }
 
+pub use connect::cancel_query;
 pub use connect::{Credentials, CredentialsProvider, NodeAddress, TlsFailure};
 pub use connection::{
     interlock_refusal, InterlockMode, PgRow, SwitchTarget, SwitchTransactionManager,
-    SwitchableConnection,
+    SwitchableConnection, TransactionBuilder, TransactionFn,
 };
 #[cfg(feature = "testing")]
 pub use error::ClusterStep;

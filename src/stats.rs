@@ -66,6 +66,7 @@ pub(crate) struct Stats {
     read_timeouts: AtomicU64,
     causal: [AtomicU64; 3],
     session_window_reads: AtomicU64,
+    replica_read_only_transactions: AtomicU64,
     top: TopFingerprints,
 }
 
@@ -151,6 +152,11 @@ impl Stats {
         bump(&self.session_window_reads);
     }
 
+    /// A read-only transaction began on a replica (and stays there to its end).
+    pub(crate) fn record_replica_read_only_transaction(&self) {
+        bump(&self.replica_read_only_transactions);
+    }
+
     /// A replica was taken out of rotation.
     pub(crate) fn record_ejection(&self) {
         bump(&self.ejections);
@@ -197,6 +203,7 @@ impl Stats {
             read_timeouts: read(&self.read_timeouts),
             causal: std::array::from_fn(|i| read(&self.causal[i])),
             session_window_reads: read(&self.session_window_reads),
+            replica_read_only_transactions: read(&self.replica_read_only_transactions),
             fingerprints: self.top.entries(),
         }
     }
@@ -224,6 +231,7 @@ pub struct StatsSnapshot {
     read_timeouts: u64,
     causal: [u64; 3],
     session_window_reads: u64,
+    replica_read_only_transactions: u64,
     fingerprints: Vec<FingerprintCount>,
 }
 
@@ -312,6 +320,13 @@ impl StatsSnapshot {
     /// Session connections sent to the primary because the key wrote within its window.
     pub fn session_window_reads(&self) -> u64 {
         self.session_window_reads
+    }
+
+    /// Read-only transactions served by replicas, from `BEGIN` to `COMMIT`
+    /// (`build_transaction().read_only()`, or a raw `BEGIN READ ONLY`, on a
+    /// connection that was on a replica).
+    pub fn replica_read_only_transactions(&self) -> u64 {
+        self.replica_read_only_transactions
     }
 
     /// The `n` statement fingerprints that tripped the interlock most often (flips in

@@ -611,3 +611,32 @@ async fn a_custom_tls_configuration_replaces_the_urls_certificates() {
         .unwrap();
     pool.get_primary().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_request_reaches_a_tls_only_server() {
+    let (primary, replicas) = urls("tls_hook", Some("pw-hook"), "sslmode=require");
+    let pool = SwitchablePool::<AsyncPgConnection>::builder()
+        .primary(primary)
+        .replicas(replicas)
+        .build()
+        .await
+        .unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let token = conn.cancel_token();
+    // A token for a TLS session insists on TLS: plain text is refused by the client.
+    assert!(token.cancel_query(tokio_postgres::NoTls).await.is_err());
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        diesel_rwsplit::cancel_query(&token).await.unwrap();
+    });
+    let started = Instant::now();
+    let result = diesel::sql_query("SELECT pg_sleep(10)")
+        .execute(&mut conn)
+        .await;
+    canceller.await.unwrap();
+    assert!(result.is_err(), "{result:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "cancelled, not finished"
+    );
+}

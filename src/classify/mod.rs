@@ -39,6 +39,9 @@ mod fingerprint;
 mod functions;
 mod lexer;
 mod rules;
+mod transaction;
+
+pub(crate) use transaction::{transaction_statement, TransactionStatement};
 
 use std::sync::Arc;
 

@@ -17,6 +17,7 @@ use futures_util::FutureExt;
 
 use crate::BoxError;
 
+pub use pg::cancel_query;
 pub(crate) use pg::{cancel, pg_connect_failure, PgEndpoint};
 #[cfg(test)]
 pub(crate) use pg::{KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_RETRIES};

@@ -182,10 +182,22 @@ impl PgEndpoint {
 /// Sends a cancel request for the session `token` came from, over TLS if that
 /// session used it.
 pub(crate) async fn cancel(token: tokio_postgres::CancelToken) {
+    let _ = cancel_query(&token).await;
+}
+
+/// Ask the server to cancel what the session of `token` runs now (see
+/// [`SwitchableConnection::cancel_token`](crate::SwitchableConnection::cancel_token)).
+/// Over TLS when that session used TLS (not verifying the server: the request
+/// carries only the session's cancel key, which libpq sends in plain text), in
+/// plain text otherwise. As with libpq, success means the request was delivered,
+/// not that anything was cancelled.
+pub async fn cancel_query(
+    token: &tokio_postgres::CancelToken,
+) -> Result<(), tokio_postgres::Error> {
     #[cfg(feature = "tls")]
-    let _ = token.cancel_query(super::tls::cancel_connector()).await;
+    return token.cancel_query(super::tls::cancel_connector()).await;
     #[cfg(not(feature = "tls"))]
-    let _ = token.cancel_query(tokio_postgres::NoTls).await;
+    return token.cancel_query(tokio_postgres::NoTls).await;
 }
 
 /// `host:port` of every host, for names in errors and logs; never the password.

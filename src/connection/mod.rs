@@ -12,8 +12,10 @@
 //! would both clash with ours and bypass the interlock.
 
 mod backend;
+mod build_transaction;
 mod node;
 mod owned_pg;
+mod pg_api;
 mod transaction;
 mod update;
 
@@ -37,6 +39,7 @@ use crate::router::Router;
 use crate::{rwsplit_error, Error, SwitchReason, Target};
 
 pub use backend::{LoadFut, PgRow, RowStream, SqlText, StatementFailure, SwitchTarget};
+pub use build_transaction::{TransactionBuilder, TransactionFn};
 pub(crate) use node::BbNodePool;
 pub(crate) use node::SharedError;
 pub use node::{NodeConnection, NodeFailure, NodePool, NodePoolSettings, OnConnect};
@@ -223,6 +226,9 @@ pub struct SwitchableConnection<C: SwitchTarget> {
     /// Set by a bounded row stream whose rows stopped coming (see
     /// `bound_rest_of_read`); made on first use, only with a read bound.
     hung_replica_session: Option<Arc<AtomicBool>>,
+    /// A read-only transaction is open on the replica: every statement runs there,
+    /// unjudged, until it ends (a transaction runs on one node).
+    in_replica_transaction: bool,
 }
 
 impl<C: SwitchTarget> fmt::Debug for SwitchableConnection<C> {
@@ -301,6 +307,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             wrote: false,
             observed_any: false,
             hung_replica_session: None,
+            in_replica_transaction: false,
         }
     }
 
@@ -369,8 +376,12 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         self.hook(SwitchReason::Explicit).await
     }
 
-    /// A transaction begins: the whole of it runs on the primary.
+    /// A transaction begins: the whole of it runs on the primary (inside a
+    /// read-only transaction on a replica, a nested one is a savepoint there).
     pub(crate) async fn begin_hook(&mut self) -> QueryResult<()> {
+        if self.in_replica_transaction {
+            return Ok(());
+        }
         let judge = |_: &Self| {
             Ok((
                 Verdict::Primary(SwitchReason::TransactionBegin),
@@ -428,6 +439,19 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             } else {
                 Plan::AcquireFirst(None, rendered)
             });
+        }
+        if self.in_replica_transaction {
+            if hook {
+                let reason = match judge(self)? {
+                    (Verdict::Primary(reason), _) => reason,
+                    (Verdict::Replica, _) => SwitchReason::Explicit,
+                };
+                return Err(DieselError::QueryBuilderError(Box::new(
+                    Error::InReplicaTransaction { reason },
+                )));
+            }
+            stats.record_statement(Target::Replica);
+            return Ok(Plan::Direct(Target::Replica, None));
         }
         if self.target() == Target::Primary || self.source.is_none() {
             if self.after_write.is_some() && !self.wrote {
@@ -541,9 +565,47 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
 
     /// Whether reads on the replica are rendered to owned data, so that they can
     /// run again elsewhere (retry, self-healing) and be given up on safely (bound).
+    /// Not inside a read-only transaction: a statement there cannot run again
+    /// elsewhere, and the server refuses its writes as PostgreSQL does.
     fn owns_replica_reads(&self) -> bool {
         self.replica_index.is_some()
+            && !self.in_replica_transaction
             && (self.router.read_retry || self.router.replica_read_timeout.is_some())
+    }
+
+    /// Whether a read-only transaction begun now can run on the replica: the
+    /// connection is on one, routes (not Observe), and is not in a transaction.
+    pub(crate) fn can_begin_on_replica(&mut self) -> bool {
+        self.primary.is_none()
+            && self.source.is_some()
+            && self.router.mode != InterlockMode::Observe
+            && !self.in_replica_transaction
+            && self.replica.as_mut().is_some_and(|replica| {
+                matches!(
+                    <C::TransactionManager as TransactionManager<C>>::transaction_manager_status_mut(replica)
+                        .transaction_depth(),
+                    Ok(None)
+                )
+            })
+    }
+
+    /// A read-only transaction is beginning on the replica: pin the connection there.
+    pub(crate) fn pin_to_replica_transaction(&mut self) {
+        self.in_replica_transaction = true;
+        self.router.stats.record_replica_read_only_transaction();
+    }
+
+    /// The transaction of the active connection may have ended: unpin.
+    pub(crate) fn transaction_may_have_ended(&mut self) {
+        if self.in_replica_transaction {
+            let status =
+                <C::TransactionManager as TransactionManager<C>>::transaction_manager_status_mut(
+                    self.active_mut(),
+                );
+            if matches!(status.transaction_depth(), Ok(None)) {
+                self.in_replica_transaction = false;
+            }
+        }
     }
 
     /// Run a rendered statement on the replica: bounded on the client, retried once
@@ -881,6 +943,14 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         self.active_with_ctx().0
     }
 
+    fn active(&self) -> &C {
+        match (&self.primary, &self.replica) {
+            (Some(primary), _) => primary,
+            (None, Some(replica)) => replica,
+            (None, None) => unreachable!("a connection always holds a node"),
+        }
+    }
+
     pub(crate) fn any_broken(&mut self) -> bool {
         self.discard_hung_replica_session();
         let replica = self.replica.as_mut().is_some_and(|r| C::inner_is_broken(r));
@@ -912,6 +982,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             self.switch_reason = None;
         }
         self.wrote = false;
+        self.in_replica_transaction = false;
         true
     }
 
@@ -974,11 +1045,58 @@ fn statement_span(target: Target) -> tracing::Span {
     tracing::trace_span!("rwsplit.statement", node = target.as_str())
 }
 
+impl<C: SwitchTarget> SwitchableConnection<C> {
+    /// A raw `BEGIN … READ ONLY` on a replica connection runs there and pins the
+    /// connection to it; the raw statement that ends it runs there too and unpins.
+    /// `None`: not such a case, route the statement as any other.
+    async fn raw_replica_transaction(
+        &mut self,
+        statement: crate::classify::TransactionStatement,
+        query: &str,
+    ) -> Option<QueryResult<()>> {
+        use crate::classify::TransactionStatement;
+        match statement {
+            TransactionStatement::BeginReadOnly if self.can_begin_on_replica() => {
+                // diesel's transaction manager does not see raw SQL: the session is
+                // discarded at the end of the unit of work unless it is certain.
+                self.raw_transaction_control = true;
+                self.router.stats.record_statement(Target::Replica);
+                let result = self
+                    .active_mut()
+                    .batch_execute(query)
+                    .instrument(statement_span(Target::Replica))
+                    .await;
+                if result.is_ok() {
+                    self.pin_to_replica_transaction();
+                }
+                Some(result)
+            }
+            TransactionStatement::End if self.in_replica_transaction => {
+                self.router.stats.record_statement(Target::Replica);
+                let result = self
+                    .active_mut()
+                    .batch_execute(query)
+                    .instrument(statement_span(Target::Replica))
+                    .await;
+                // Ended either way: a failed COMMIT aborts the transaction.
+                self.in_replica_transaction = false;
+                Some(result)
+            }
+            _ => None,
+        }
+    }
+}
+
 impl<C: SwitchTarget> SimpleAsyncConnection for SwitchableConnection<C> {
     /// Raw SQL, including a raw `BEGIN`, is classified as a whole string. On a
     /// replica it is bounded like a read and, refused as a write (25006), run
     /// again on the primary; it is not retried after a lost session.
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
+        if let Some(statement) = crate::classify::transaction_statement(query, C::DIALECT) {
+            if let Some(result) = self.raw_replica_transaction(statement, query).await {
+                return result;
+            }
+        }
         let classifier = &self.router.classifier;
         let verdict = self.router.remembered(classifier.classify(query), query);
         if matches!(
@@ -995,10 +1113,11 @@ impl<C: SwitchTarget> SimpleAsyncConnection for SwitchableConnection<C> {
                 Target::Primary
             }
         };
-        let bound = self
-            .router
-            .replica_read_timeout
-            .filter(|_| target == Target::Replica && self.replica_index.is_some());
+        let bound = self.router.replica_read_timeout.filter(|_| {
+            target == Target::Replica
+                && self.replica_index.is_some()
+                && !self.in_replica_transaction
+        });
         let run = self.active_mut().batch_execute(query);
         let result = match bound {
             None => run.instrument(statement_span(target)).await,
@@ -1015,6 +1134,7 @@ impl<C: SwitchTarget> SimpleAsyncConnection for SwitchableConnection<C> {
                 if target == Target::Replica
                     && self.router.mode == InterlockMode::Switch
                     && self.replica_index.is_some()
+                    && !self.in_replica_transaction
                     && C::statement_failure(&error) == StatementFailure::ReadOnlyRefused =>
             {
                 self.heal_refused(query).await?;

@@ -33,11 +33,15 @@ impl<C: SwitchTarget> TransactionManager<SwitchableConnection<C>> for SwitchTran
     }
 
     async fn rollback_transaction(conn: &mut SwitchableConnection<C>) -> QueryResult<()> {
-        Inner::<C>::rollback_transaction(conn.active_mut()).await
+        let result = Inner::<C>::rollback_transaction(conn.active_mut()).await;
+        conn.transaction_may_have_ended();
+        result
     }
 
     async fn commit_transaction(conn: &mut SwitchableConnection<C>) -> QueryResult<()> {
-        Inner::<C>::commit_transaction(conn.active_mut()).await
+        let result = Inner::<C>::commit_transaction(conn.active_mut()).await;
+        conn.transaction_may_have_ended();
+        result
     }
 
     /// Before the flip this is the replica's (idle) status, which is what
