@@ -14,6 +14,7 @@
 //! | `postgres` | yes     | PostgreSQL support through diesel-async's `AsyncPgConnection` |
 //! | `tls`      | yes     | TLS on every connection the crate opens (rustls), as the URLs' `sslmode`, `sslrootcert`, `sslcert`, `sslkey` say; without it a URL that asks for TLS is a configuration error |
 //! | `testing`  | no      | [`testing::LocalCluster`]: a throwaway primary + streaming replicas built from the machine's PostgreSQL binaries, with fault injection, for your own tests |
+//! | `deadpool` | no      | [`SwitchableDeadpool`]: a deadpool pool of switchable connections, for services that keep a deadpool `Pool` (the counterpart of the bb8 adapter [`SwitchableManager`]) |
 //! | `axum`     | no      | [`axum`] extractors for replica-first and primary connections, and a `/metrics` handler |
 //! | `cli`      | no      | the `rwsplit` binary: `rwsplit classify`, `rwsplit audit`, `rwsplit cluster up/status/down` |
 //!
@@ -263,6 +264,8 @@ mod catalog;
 pub mod classify;
 mod connect;
 mod connection;
+#[cfg(feature = "deadpool")]
+mod deadpool;
 mod error;
 mod lsn;
 mod manager;
@@ -289,6 +292,8 @@ pub mod __private {
     };
 }
 
+#[cfg(feature = "deadpool")]
+pub use crate::deadpool::{SwitchableDeadpool, SwitchableDeadpoolManager, SwitchableObject};
 pub use connect::cancel_query;
 pub use connect::{Credentials, CredentialsProvider, NodeAddress, TlsFailure};
 pub use connection::{

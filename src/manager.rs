@@ -79,17 +79,25 @@ impl<C: SwitchTarget> bb8::ManageConnection for SwitchableManager<C> {
     }
 
     async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
-        conn.batch_execute("SELECT 1")
-            .await
-            .map_err(|e| Error::Node {
-                node: "pooled switchable connection".into(),
-                step: NodeStep::Validate,
-                kind: crate::FailureKind::NotAccepting,
-                source: Box::new(e),
-            })
+        validate(conn).await
     }
 
     fn has_broken(&self, conn: &mut Self::Connection) -> bool {
         !conn.recycle()
     }
+}
+
+/// The validation of a pooled switchable connection at checkout (bb8's `is_valid`,
+/// deadpool's `recycle`): a `SELECT 1` where it is (its replica, or the primary).
+pub(crate) async fn validate<C: SwitchTarget>(
+    conn: &mut SwitchableConnection<C>,
+) -> Result<(), Error> {
+    conn.batch_execute("SELECT 1")
+        .await
+        .map_err(|e| Error::Node {
+            node: "pooled switchable connection".into(),
+            step: NodeStep::Validate,
+            kind: crate::FailureKind::NotAccepting,
+            source: Box::new(e),
+        })
 }
