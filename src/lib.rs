@@ -264,6 +264,7 @@ pub mod classify;
 mod connect;
 mod connection;
 mod error;
+mod families;
 mod lsn;
 mod manager;
 mod pool;

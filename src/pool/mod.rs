@@ -1,6 +1,7 @@
 //! `SwitchablePool`: one bb8 pool per node, replica balancing, health and fallback.
 
 mod causal;
+mod export;
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
