@@ -230,6 +230,33 @@ pub(crate) fn to_prometheus(families: &[Family]) -> String {
     out
 }
 
+/// Publish `families` to the `metrics` recorder in scope: counters with
+/// `Counter::absolute`, gauges with `Gauge::set`; with `describe`, their help texts
+/// first (`describe_counter!`, `describe_gauge!`).
+#[cfg(feature = "metrics")]
+pub(crate) fn publish(families: Vec<Family>, describe: bool) {
+    for family in families {
+        let name = family.name;
+        if describe {
+            match family.kind {
+                Kind::Counter => metrics::describe_counter!(name, family.help),
+                Kind::Gauge => metrics::describe_gauge!(name, family.help),
+            }
+        }
+        for sample in family.samples {
+            let labels: Vec<metrics::Label> = sample
+                .label
+                .map(|(key, value)| metrics::Label::new(key, value))
+                .into_iter()
+                .collect();
+            match sample.value {
+                Value::Count(n) => metrics::counter!(name, labels).absolute(n),
+                Value::Level(x) => metrics::gauge!(name, labels).set(x),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@
 //! | `tls`      | yes     | TLS on every connection the crate opens (rustls), as the URLs' `sslmode`, `sslrootcert`, `sslcert`, `sslkey` say; without it a URL that asks for TLS is a configuration error |
 //! | `testing`  | no      | [`testing::LocalCluster`]: a throwaway primary + streaming replicas built from the machine's PostgreSQL binaries, with fault injection, for your own tests |
 //! | `axum`     | no      | [`axum`] extractors for replica-first and primary connections, and a `/metrics` handler |
+//! | `metrics`  | no      | every counter and gauge of [`SwitchablePool::to_prometheus`], under the same names and labels, published through the [`metrics`](https://docs.rs/metrics) facade to the application's recorder (Prometheus exporter, OpenTelemetry): [`SwitchablePool::publish_metrics`], [`SwitchablePoolBuilder::metrics_interval`] |
 //! | `cli`      | no      | the `rwsplit` binary: `rwsplit classify`, `rwsplit audit`, `rwsplit cluster up/status/down` |
 //!
 //! ## The statement classifier

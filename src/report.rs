@@ -181,7 +181,9 @@ impl fmt::Display for AuditReport {
 
 impl StatsSnapshot {
     /// Every counter in the Prometheus text exposition format, with stable metric
-    /// names (`rwsplit_*`) and labels (`reason`, `target`, `outcome`).
+    /// names (`rwsplit_*`) and labels (`reason`, `target`, `outcome`). With feature
+    /// `metrics`, [`SwitchablePool::publish_metrics`](crate::SwitchablePool::publish_metrics)
+    /// publishes the same families under the same names and labels.
     pub fn to_prometheus(&self) -> String {
         crate::families::to_prometheus(&crate::families::families(self, None))
     }
