@@ -390,7 +390,7 @@ async fn publish_metrics_mirrors_every_counter_and_gauge_of_a_switching_pool() {
         .lines()
         .filter_map(|l| l.strip_prefix("# HELP ")?.split_once(' '))
         .collect();
-    assert_eq!(helps.len(), 16 + 4);
+    assert_eq!(helps.len(), 17 + 4);
     for (name, help) in helps {
         assert_eq!(
             published.descriptions.get(name).map(String::as_str),
