@@ -65,6 +65,19 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A pool built with [`nodes`](crate::SwitchablePoolBuilder::nodes) found no
+    /// member that is the primary within the primary checkout timeout (a failover
+    /// or switchover under way, or two members both claiming it): a write (or a
+    /// read that needed the primary) could not run. Nothing was sent anywhere.
+    /// Reads on replicas go on meanwhile.
+    #[error("no primary: none of the {members} member(s) served as the primary within {waited:?}; nothing was sent")]
+    NoPrimary {
+        /// How many members the pool knows.
+        members: usize,
+        /// How long the statement waited for one.
+        waited: std::time::Duration,
+    },
+
     /// A replica read did not answer within its client-side bound (the replica
     /// statement timeout plus a grace period): the session was discarded (a cancel
     /// request was sent) and the replica is suspected.

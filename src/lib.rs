@@ -316,3 +316,4 @@ mod monitor;
 pub use catalog::volatile_user_functions;
 pub use consistency::CausalToken;
 pub use monitor::ReplicaStatus;
+pub use pool::Topology;
