@@ -11,7 +11,7 @@
 //! A [`ReplicaConn`] handler that unexpectedly writes is caught by the safety
 //! interlock: in [`InterlockMode::Switch`](crate::InterlockMode::Switch) its
 //! connection flips to the primary, the write runs there and the flip is counted
-//! (by reason and statement fingerprint, visible in [`metrics`] and [`audit`]); in
+//! (by reason and statement fingerprint, visible in [`metrics`](fn@metrics) and [`audit`]); in
 //! [`InterlockMode::Raise`](crate::InterlockMode::Raise) the write returns an error
 //! (see [`interlock_refusal`](crate::interlock_refusal)) and nothing runs.
 //!
@@ -78,7 +78,7 @@ use diesel_async::AsyncPgConnection;
 
 use crate::{Error, PooledConnection, Route, SwitchTarget, SwitchablePool};
 
-/// Content type of the Prometheus text exposition format served by [`metrics`].
+/// Content type of the Prometheus text exposition format served by [`metrics`](fn@metrics).
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 macro_rules! connection_extractor {

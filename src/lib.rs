@@ -16,6 +16,7 @@
 //! | `testing`  | no      | [`testing::LocalCluster`]: a throwaway primary + streaming replicas built from the machine's PostgreSQL binaries, with fault injection, for your own tests |
 //! | `deadpool` | no      | [`SwitchableDeadpool`]: a deadpool pool of switchable connections, for services that keep a deadpool `Pool` (the counterpart of the bb8 adapter [`SwitchableManager`]) |
 //! | `axum`     | no      | [`axum`] extractors for replica-first and primary connections, and a `/metrics` handler |
+//! | `metrics`  | no      | every counter and gauge of [`SwitchablePool::to_prometheus`], under the same names and labels, published through the [`metrics`](https://docs.rs/metrics) facade to the application's recorder (Prometheus exporter, OpenTelemetry): [`SwitchablePool::publish_metrics`], [`SwitchablePoolBuilder::metrics_interval`] |
 //! | `cli`      | no      | the `rwsplit` binary: `rwsplit classify`, `rwsplit audit`, `rwsplit cluster up/status/down` |
 //!
 //! ## The statement classifier
@@ -267,6 +268,7 @@ mod connection;
 #[cfg(feature = "deadpool")]
 mod deadpool;
 mod error;
+mod families;
 mod lsn;
 mod manager;
 mod pool;

@@ -1208,7 +1208,8 @@ mod tests {
             })
         };
         let down = || Err::<ReplicaSample, String>("connect: refused".into());
-        let cases: Vec<(Vec<Result<ReplicaSample, String>>, Option<(usize, Lsn)>)> = vec![
+        type Samples = Vec<Result<ReplicaSample, String>>;
+        let cases: Vec<(Samples, Option<(usize, Lsn)>)> = vec![
             (vec![standby(1), primary(9), standby(2)], Some((1, Lsn(9)))),
             (vec![primary(5), down(), standby(2)], Some((0, Lsn(5)))),
             (vec![standby(1), standby(2), down()], None),

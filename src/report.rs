@@ -1,7 +1,7 @@
 //! What the interlock did, for people: the audit report and Prometheus text.
 
 use std::collections::BTreeMap;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -181,130 +181,10 @@ impl fmt::Display for AuditReport {
 
 impl StatsSnapshot {
     /// Every counter in the Prometheus text exposition format, with stable metric
-    /// names (`rwsplit_*`) and labels (`reason`, `target`, `node`).
+    /// names (`rwsplit_*`) and labels (`reason`, `target`, `outcome`). With feature
+    /// `metrics`, [`SwitchablePool::publish_metrics`](crate::SwitchablePool::publish_metrics)
+    /// publishes the same families under the same names and labels.
     pub fn to_prometheus(&self) -> String {
-        let mut out = String::new();
-        let mut family = |name: &str, help: &str, kind: &str, samples: Vec<(String, u64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
-        };
-        let by_reason = |value: fn(&StatsSnapshot, SwitchReason) -> u64| {
-            SwitchReason::ALL
-                .iter()
-                .map(|r| (format!("{{reason=\"{}\"}}", r.as_str()), value(self, *r)))
-                .collect::<Vec<_>>()
-        };
-        let by_target = |value: fn(&StatsSnapshot, Target) -> u64| {
-            [Target::Primary, Target::Replica]
-                .iter()
-                .map(|t| (format!("{{target=\"{}\"}}", t.as_str()), value(self, *t)))
-                .collect::<Vec<_>>()
-        };
-        let single = |value: u64| vec![(String::new(), value)];
-        family(
-            "rwsplit_switches_total",
-            "Flips of connections to the primary, by reason.",
-            "counter",
-            by_reason(StatsSnapshot::switches),
-        );
-        family(
-            "rwsplit_refusals_total",
-            "Statements refused in Raise mode, by reason.",
-            "counter",
-            by_reason(StatsSnapshot::refusals),
-        );
-        family(
-            "rwsplit_would_switch_total",
-            "Observe mode: flips Switch mode would have made, by reason.",
-            "counter",
-            by_reason(StatsSnapshot::would_switch),
-        );
-        family(
-            "rwsplit_statements_total",
-            "Statements run, by target.",
-            "counter",
-            by_target(StatsSnapshot::statements),
-        );
-        family(
-            "rwsplit_would_be_statements_total",
-            "Observe mode: statements by the target Switch mode would have used.",
-            "counter",
-            by_target(StatsSnapshot::would_be_statements),
-        );
-        family(
-            "rwsplit_checkouts_total",
-            "Node connections checked out, by target.",
-            "counter",
-            by_target(StatsSnapshot::checkouts),
-        );
-        let (units, replica_units) = self.observed_units();
-        family(
-            "rwsplit_observed_units_total",
-            "Observe mode: units of work ended.",
-            "counter",
-            single(units),
-        );
-        family(
-            "rwsplit_observed_replica_units_total",
-            "Observe mode: units of work a replica alone would have served.",
-            "counter",
-            single(replica_units),
-        );
-        family("rwsplit_replica_fallbacks_total", "Replica-first connections or reads served by the primary because no replica was available.", "counter", single(self.replica_fallbacks()));
-        family(
-            "rwsplit_read_retries_total",
-            "Replica reads retried elsewhere after a connection-level failure.",
-            "counter",
-            single(self.read_retries()),
-        );
-        let (ejections, readmissions) = self.ejections();
-        let causal = crate::stats::CausalOutcome::ALL
-            .iter()
-            .map(|o| {
-                (
-                    format!("{{outcome=\"{}\"}}", o.as_str()),
-                    self.causal_reads(*o),
-                )
-            })
-            .collect();
-        family(
-            "rwsplit_causal_reads_total",
-            "Causal-token reads, by how they were served.",
-            "counter",
-            causal,
-        );
-        family(
-            "rwsplit_session_window_reads_total",
-            "Session connections kept on the primary by a recent write.",
-            "counter",
-            single(self.session_window_reads()),
-        );
-        family(
-            "rwsplit_replica_ejections_total",
-            "Replicas taken out of rotation.",
-            "counter",
-            single(ejections),
-        );
-        family(
-            "rwsplit_replica_readmissions_total",
-            "Ejected replicas re-admitted after a successful probe.",
-            "counter",
-            single(readmissions),
-        );
-        family(
-            "rwsplit_replica_saturations_total",
-            "Replica checkouts that timed out on a busy replica that answers (never an ejection).",
-            "counter",
-            single(self.replica_saturations()),
-        );
-        family(
-            "rwsplit_read_timeouts_total",
-            "Replica reads that ran past their client-side bound; the session was discarded.",
-            "counter",
-            single(self.read_timeouts()),
-        );
-        out
+        crate::families::to_prometheus(&crate::families::families(self, None))
     }
 }

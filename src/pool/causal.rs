@@ -217,65 +217,6 @@ impl<C: SwitchTarget> SwitchablePool<C> {
             .unwrap_or_default()
     }
 
-    /// Every counter ([`StatsSnapshot::to_prometheus`](crate::StatsSnapshot::to_prometheus))
-    /// plus, per replica (label `node="replicaN"`), the lag gauges as the monitor
-    /// last saw them: `rwsplit_replica_replay_lag_bytes`, `rwsplit_replica_lag_seconds`,
-    /// `rwsplit_replica_healthy` and `rwsplit_replica_in_rotation`.
-    pub fn to_prometheus(&self) -> String {
-        use std::fmt::Write as _;
-        let mut out = self.stats().to_prometheus();
-        let status = self.replication_status();
-        let admitted = self.replica_admitted();
-        let label = |name: &str| name.split(" (").next().unwrap_or(name).to_owned();
-        let mut gauge = |metric: &str, help: &str, values: Vec<(String, Option<f64>)>| {
-            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} gauge");
-            for (node, value) in values {
-                if let Some(value) = value {
-                    let _ = writeln!(out, "{metric}{{node=\"{node}\"}} {value}");
-                }
-            }
-        };
-        gauge(
-            "rwsplit_replica_replay_lag_bytes",
-            "WAL bytes the replica's replay is behind the primary.",
-            status
-                .iter()
-                .map(|r| (label(&r.name), r.replay_lag_bytes.map(|b| b as f64)))
-                .collect(),
-        );
-        gauge(
-            "rwsplit_replica_lag_seconds",
-            "How long the replica has been behind the primary.",
-            status
-                .iter()
-                .map(|r| (label(&r.name), r.lag.map(|d| d.as_secs_f64())))
-                .collect(),
-        );
-        gauge(
-            "rwsplit_replica_healthy",
-            "1 if the replica answered the monitor's last probe as a standby.",
-            status
-                .iter()
-                .map(|r| {
-                    (
-                        label(&r.name),
-                        Some(f64::from(u8::from(r.healthy && r.in_recovery))),
-                    )
-                })
-                .collect(),
-        );
-        gauge(
-            "rwsplit_replica_in_rotation",
-            "1 if the pool routes reads to the replica (not ejected).",
-            status
-                .iter()
-                .zip(&admitted)
-                .map(|(r, a)| (label(&r.name), Some(f64::from(u8::from(*a)))))
-                .collect(),
-        );
-        out
-    }
-
     fn wrap_replica(&self, lease: ReplicaLease<C>) -> PooledConnection<C> {
         let conn = SwitchableConnection::replica_first(
             lease,

@@ -5,6 +5,7 @@ mod topology;
 
 use topology::Primary;
 pub use topology::Topology;
+mod export;
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -166,6 +167,8 @@ struct PoolInner<C: SwitchTarget> {
     causal_wait: Duration,
     session_window: Duration,
     session_writes: causal::SessionWrites,
+    #[cfg(feature = "metrics")]
+    publisher: export::Publisher,
 }
 
 impl<C: SwitchTarget> PoolInner<C> {
@@ -737,6 +740,8 @@ pub struct SwitchablePoolBuilder<C: SwitchTarget = AsyncPgConnection> {
     session_window: Duration,
     connect: ConnectSettings,
     on_connect: Option<OnConnect<C>>,
+    #[cfg(feature = "metrics")]
+    metrics_interval: Option<Duration>,
     _connection: std::marker::PhantomData<fn() -> C>,
 }
 
@@ -794,6 +799,8 @@ impl<C: SwitchTarget> Default for SwitchablePoolBuilder<C> {
             session_window: Duration::from_secs(1),
             connect: ConnectSettings::default(),
             on_connect: None,
+            #[cfg(feature = "metrics")]
+            metrics_interval: None,
             _connection: std::marker::PhantomData,
         }
     }
@@ -1115,6 +1122,22 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
         self
     }
 
+    /// Publish the pool's counters and gauges to the `metrics` recorder every
+    /// `interval` (feature `metrics`), as
+    /// [`SwitchablePool::publish_metrics`] does, from a task on the runtime that
+    /// builds the pool: the first time at [`build`](Self::build), then every
+    /// `interval`. The task holds no reference that keeps the pool alive; it stops
+    /// when the pool (its last clone and its last checked-out connection) is
+    /// dropped. It publishes to the global recorder, or to the thread-local one
+    /// of the thread it runs on. Default: none (no task; call
+    /// [`SwitchablePool::publish_metrics`] yourself, e.g. before each scrape).
+    /// A zero interval fails the build with [`Error::InvalidConfig`].
+    #[cfg(feature = "metrics")]
+    pub fn metrics_interval(mut self, interval: Duration) -> Self {
+        self.metrics_interval = Some(interval);
+        self
+    }
+
     /// Put a deterministic fault seam between the pool and its nodes' pools (feature
     /// `testing`): see [`testing::Faults`](crate::testing::Faults). Default: none.
     #[cfg(feature = "testing")]
@@ -1167,6 +1190,12 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
         } else {
             (&self.replicas, "replica")
         };
+        #[cfg(feature = "metrics")]
+        if self.metrics_interval.is_some_and(|every| every.is_zero()) {
+            return Err(Error::InvalidConfig(
+                "the metrics interval must be longer than zero".into(),
+            ));
+        }
         if let Balance::Weighted(weights) = &self.balance {
             if weights.len() != reader_urls.len() {
                 return Err(Error::InvalidConfig(format!(
@@ -1319,7 +1348,13 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             causal_wait: self.causal_wait,
             session_window: self.session_window,
             session_writes: causal::SessionWrites::default(),
+            #[cfg(feature = "metrics")]
+            publisher: export::Publisher::default(),
         });
+        #[cfg(feature = "metrics")]
+        if let Some(every) = self.metrics_interval {
+            inner.start_publishing(every);
+        }
         for (index, why) in unreachable_replicas {
             // Out of rotation from the start; the probe re-admits it once it answers.
             inner.eject(index, &why);
