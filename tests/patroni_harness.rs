@@ -76,6 +76,15 @@ async fn streaming_to(url: &str) -> Vec<String> {
     rows.iter().map(|row| row.get(0)).collect()
 }
 
+/// Prints how long a test took, when it ends (also by a panic).
+struct Took(&'static str, Instant);
+
+impl Drop for Took {
+    fn drop(&mut self) {
+        eprintln!("{} took {:?}", self.0, self.1.elapsed());
+    }
+}
+
 async fn start() -> PatroniCluster {
     let started = Instant::now();
     let cluster = PatroniCluster::builder()
@@ -94,6 +103,10 @@ async fn start() -> PatroniCluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_one_leader_two_streaming_replicas_a_write_reaches_both() {
+    let _took = Took(
+        "three_members_one_leader_two_streaming_replicas_a_write_reaches_both",
+        Instant::now(),
+    );
     let cluster = start().await;
     let status = cluster.cluster_status().await.unwrap();
     assert_eq!(status.scope, cluster.scope());
@@ -159,6 +172,10 @@ async fn three_members_one_leader_two_streaming_replicas_a_write_reaches_both() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planned_switchover_names_another_leader_and_the_old_one_streams_from_it() {
+    let _took = Took(
+        "a_planned_switchover_names_another_leader_and_the_old_one_streams_from_it",
+        Instant::now(),
+    );
     let cluster = start().await;
     let old = cluster.leader().await.unwrap().expect("a leader");
     let candidate = (old + 1) % 3;
@@ -194,6 +211,10 @@ async fn a_planned_switchover_names_another_leader_and_the_old_one_streams_from_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_replaced_and_rejoins_as_a_replica_after_pg_rewind() {
+    let _took = Took(
+        "a_killed_leader_is_replaced_and_rejoins_as_a_replica_after_pg_rewind",
+        Instant::now(),
+    );
     let cluster = start().await;
     let before = cluster.leader().await.unwrap().expect("a leader");
     connect(&cluster.member_url(before).unwrap())
@@ -252,4 +273,46 @@ async fn a_killed_leader_is_replaced_and_rejoins_as_a_replica_after_pg_rewind() 
     let status = cluster.cluster_status().await.unwrap();
     assert_eq!(status.leader().and_then(|m| m.index), Some(leader));
     assert_eq!(status.members.len(), 3, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_mode_names_a_sync_standby_and_tags_reach_get_cluster() {
+    let _took = Took(
+        "synchronous_mode_names_a_sync_standby_and_tags_reach_get_cluster",
+        Instant::now(),
+    );
+    let started = Instant::now();
+    let cluster = PatroniCluster::builder()
+        .synchronous_mode(true)
+        .tags(2, [("nofailover", "true"), ("group", "analytics")])
+        .start()
+        .await
+        .unwrap();
+    eprintln!("3 synchronous-mode members up in {:?}", started.elapsed());
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        let status = cluster.cluster_status().await.unwrap();
+        if status.members.iter().any(|m| m.role == "sync_standby") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no sync standby: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let leader = status.leader().expect("a leader");
+    assert_ne!(
+        leader.index,
+        Some(2),
+        "member2 may not fail over, nor bootstrap first"
+    );
+    let tags = &status.member("member2").unwrap().tags;
+    assert_eq!(tags.get("nofailover").map(String::as_str), Some("true"));
+    assert_eq!(tags.get("group").map(String::as_str), Some("analytics"));
+    let leader_url = cluster.member_url(leader.index.unwrap()).unwrap();
+    let setting: String = connect(&leader_url)
+        .await
+        .query_one("SHOW synchronous_standby_names", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!setting.is_empty(), "synchronous_standby_names is empty");
 }
