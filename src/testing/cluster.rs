@@ -1228,7 +1228,7 @@ async fn node_status(node: &Node, primary_lsn: Option<Lsn>) -> NodeStatus {
 }
 
 /// Create the cluster directory: a given one must be absent or empty.
-fn prepare_dir(requested: Option<&Path>, run_as: RunAs) -> Result<PathBuf> {
+pub(super) fn prepare_dir(requested: Option<&Path>, run_as: RunAs) -> Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let prepare_err = |source: BoxError| Error::Cluster {
         node: "cluster".into(),
@@ -1324,7 +1324,7 @@ where
 
 /// Run a short blocking wait (a server shutting down) from async code, letting a
 /// multi-threaded runtime move other tasks off this thread meanwhile.
-fn block_in_place<T>(work: impl FnOnce() -> T) -> T {
+pub(super) fn block_in_place<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(work)
