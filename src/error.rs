@@ -65,6 +65,19 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A pool built with [`nodes`](crate::SwitchablePoolBuilder::nodes) found no
+    /// member that is the primary within the primary checkout timeout (a failover
+    /// or switchover under way, or two members both claiming it): a write (or a
+    /// read that needed the primary) could not run. Nothing was sent anywhere.
+    /// Reads on replicas go on meanwhile.
+    #[error("no primary: none of the {members} member(s) served as the primary within {waited:?}; nothing was sent")]
+    NoPrimary {
+        /// How many members the pool knows.
+        members: usize,
+        /// How long the statement waited for one.
+        waited: std::time::Duration,
+    },
+
     /// A replica read did not answer within its client-side bound (the replica
     /// statement timeout plus a grace period): the session was discarded (a cancel
     /// request was sent) and the replica is suspected.
@@ -144,6 +157,26 @@ pub enum Error {
         index: usize,
         /// How many replicas there are.
         replicas: usize,
+    },
+
+    /// A member index passed to a [`PatroniCluster`](crate::testing::PatroniCluster)
+    /// method is out of range.
+    #[cfg(feature = "testing")]
+    #[error("Patroni member #{index} does not exist: the cluster has {members} member(s)")]
+    NoSuchMember {
+        /// The index asked for (zero-based).
+        index: usize,
+        /// How many members there are.
+        members: usize,
+    },
+
+    /// The programs a [`PatroniCluster`](crate::testing::PatroniCluster) needs
+    /// (`patroni`, `patronictl`, `etcd`) were not found.
+    #[cfg(feature = "testing")]
+    #[error("{}", patroni_not_found_message(missing))]
+    PatroniNotFound {
+        /// What is missing and every place it was looked for.
+        missing: Vec<String>,
     },
 
     /// Text that should be a [`CausalToken`](crate::CausalToken) is not one (the
@@ -352,6 +385,17 @@ pub enum ClusterStep {
     Tls,
     /// Creating the roles asked for with `role` / `cert_role`.
     Roles,
+    /// Starting etcd or waiting for it to answer (Patroni clusters).
+    Etcd,
+    /// Writing a Patroni configuration, starting Patroni, or waiting for its
+    /// members to run.
+    Patroni,
+    /// Waiting for Patroni to name a leader.
+    WaitLeader,
+    /// A planned switchover through Patroni's REST API.
+    Switchover,
+    /// Killing a member's Patroni and PostgreSQL (an unplanned failover).
+    Kill,
 }
 
 #[cfg(feature = "testing")]
@@ -376,6 +420,11 @@ impl fmt::Display for ClusterStep {
             ClusterStep::State => "reading the cluster state file",
             ClusterStep::Tls => "making TLS certificates",
             ClusterStep::Roles => "creating roles",
+            ClusterStep::Etcd => "running etcd",
+            ClusterStep::Patroni => "running Patroni",
+            ClusterStep::WaitLeader => "waiting for a Patroni leader",
+            ClusterStep::Switchover => "switching over",
+            ClusterStep::Kill => "killing the member",
         })
     }
 }
@@ -394,6 +443,25 @@ fn binaries_not_found_message(searched: &[String]) -> String {
         "Install them, or point RWSPLIT_PG_BINDIR at their directory:\n  \
          Debian/Ubuntu: sudo apt-get install postgresql   (binaries in /usr/lib/postgresql/<version>/bin)\n  \
          macOS:         brew install postgresql@15         (then export RWSPLIT_PG_BINDIR=\"$(brew --prefix postgresql@15)/bin\")",
+    );
+    message
+}
+
+#[cfg(feature = "testing")]
+fn patroni_not_found_message(missing: &[String]) -> String {
+    let mut message = String::from("Patroni cluster: required programs not found:\n");
+    for what in missing {
+        message.push_str("  - ");
+        message.push_str(what);
+        message.push('\n');
+    }
+    message.push_str(
+        "Install them (Debian/Ubuntu, as root; .ci/run does the same):\n  \
+         etcd:    apt-get install etcd-server   (with a policy-rc.d that exits 101, so no daemon starts)\n  \
+         Patroni: apt-get install python3-venv && /usr/bin/python3 -m venv /opt/rwsplit/patroni-venv \\\n           \
+         && /opt/rwsplit/patroni-venv/bin/pip install 'patroni[etcd3]' 'psycopg[binary]'\n\
+         or point RWSPLIT_PATRONI_BIN at a directory holding patroni and patronictl \
+         (readable by the user the servers run as).",
     );
     message
 }

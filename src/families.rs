@@ -75,6 +75,10 @@ const COUNTERS: &[CounterFamily] = &[
     counter("rwsplit_replica_saturations_total", "Replica checkouts that timed out on a busy replica that answers (never an ejection).", Single(StatsSnapshot::replica_saturations)),
     counter("rwsplit_read_timeouts_total", "Replica reads that ran past their client-side bound; the session was discarded.", Single(StatsSnapshot::read_timeouts)),
     counter("rwsplit_replica_read_only_transactions_total", "Read-only transactions served by replicas from BEGIN to COMMIT.", Single(StatsSnapshot::replica_read_only_transactions)),
+    counter("rwsplit_topology_changes_total", "Changes of the primary seen by a pool that follows the cluster (nodes()).", Single(StatsSnapshot::topology_changes)),
+    counter("rwsplit_no_primary_total", "Statements that needed the primary and failed because no member was the primary.", Single(StatsSnapshot::no_primary_refusals)),
+    counter("rwsplit_primary_gaps_total", "Primary outages seen by writers, from the first failed primary checkout to the next that succeeded.", Single(|s| s.primary_gaps().0)),
+    counter("rwsplit_primary_gap_milliseconds_total", "Time writers spent without a primary, summed over the outages.", Single(|s| u64::try_from(s.primary_gaps().1.as_millis()).unwrap_or(u64::MAX))),
 ];
 
 /// One replica as the per-replica gauges see it: the lag monitor's last view and
@@ -346,6 +350,10 @@ rwsplit_switches_total{reason=\"locking_read\"} 1
                 "rwsplit_replica_saturations_total counter",
                 "rwsplit_read_timeouts_total counter",
                 "rwsplit_replica_read_only_transactions_total counter",
+                "rwsplit_topology_changes_total counter",
+                "rwsplit_no_primary_total counter",
+                "rwsplit_primary_gaps_total counter",
+                "rwsplit_primary_gap_milliseconds_total counter",
             ]
         );
         for line in [

@@ -334,6 +334,13 @@ impl ReplicaCell {
 struct Shared {
     /// Origin of the `Instant`s stored as nanoseconds.
     base: Instant,
+    /// Discovery mode: the member (index in `replicas`) that answers as the primary,
+    /// published after every round (`None`: none, or more than one).
+    leader: watch::Sender<Option<usize>>,
+    /// Wakes the task for a round now (evidence that the primary moved).
+    wake: tokio::sync::Notify,
+    /// Discovery mode: a member not in recovery is the primary, not an error.
+    discovery: bool,
     stale_after: Duration,
     primary: PrimaryCell,
     replicas: Box<[ReplicaCell]>,
@@ -436,17 +443,28 @@ impl Monitor {
     /// Start monitoring: spawns one task on the current tokio runtime (panics when
     /// called outside one). The first round starts at once. Replica indexes of the
     /// other methods are positions in `replicas`.
+    ///
+    /// `primary: None` is discovery mode: `replicas` are all the members of one
+    /// cluster, roles unknown; each round asks every member whether it is in
+    /// recovery, and the one member that is not (with its WAL position) is the
+    /// primary of that round ([`Monitor::leader`]). Two members that both claim it
+    /// (an old primary not yet fenced) make no primary: writes wait.
     pub(crate) fn spawn(
-        primary: NodeTarget,
+        primary: Option<NodeTarget>,
         replicas: Vec<NodeTarget>,
         config: MonitorConfig,
     ) -> Monitor {
         let config = config.normalized();
         let shared = Arc::new(Shared {
             base: Instant::now(),
+            leader: watch::channel(None).0,
+            wake: tokio::sync::Notify::new(),
+            discovery: primary.is_none(),
             stale_after: config.staleness_bound(),
             primary: PrimaryCell {
-                name: primary.name.clone(),
+                name: primary
+                    .as_ref()
+                    .map_or_else(|| "primary (discovered)".to_owned(), |p| p.name.clone()),
                 lsn: AtomicOptU64::default(),
                 healthy: AtomicBool::new(false),
                 last_error: ArcSwapOption::empty(),
@@ -461,6 +479,22 @@ impl Monitor {
         let (done_tx, done) = watch::channel(0);
         let task = tokio::spawn(run(Arc::clone(&shared), primary, replicas, config, done_tx));
         Monitor { shared, done, task }
+    }
+
+    /// Discovery mode: the member that answered as the primary in the last round.
+    pub(crate) fn leader(&self) -> Option<usize> {
+        *self.shared.leader.borrow()
+    }
+
+    /// Discovery mode: a receiver that sees every change of [`leader`](Self::leader).
+    pub(crate) fn leader_changes(&self) -> watch::Receiver<Option<usize>> {
+        self.shared.leader.subscribe()
+    }
+
+    /// Start a round now rather than at the next interval (evidence that the
+    /// primary moved). Rounds never overlap; calls during a round start one more.
+    pub(crate) fn poll_now(&self) {
+        self.shared.wake.notify_one();
     }
 
     /// Number of replicas monitored.
@@ -667,6 +701,8 @@ struct ReplicaSample {
     in_recovery: bool,
     receive: Option<Lsn>,
     replay: Option<Lsn>,
+    /// Its own WAL write position, when it is not in recovery.
+    current: Option<Lsn>,
 }
 
 impl Prober {
@@ -731,7 +767,8 @@ impl Prober {
     async fn replica_sample(&mut self) -> Result<ReplicaSample, String> {
         let row = self
             .query_row(
-                "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()",
+                "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), \
+                 CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END",
             )
             .await?;
         let in_recovery = match row.first() {
@@ -743,6 +780,7 @@ impl Prober {
             in_recovery,
             receive: parse_lsn(row.get(1))?,
             replay: parse_lsn(row.get(2))?,
+            current: parse_lsn(row.get(3))?,
         })
     }
 }
@@ -953,14 +991,31 @@ fn publish_replicas(
     }
 }
 
+/// Discovery mode: the one member that answered as a primary, if exactly one did.
+fn leader_of(samples: &[Result<ReplicaSample, String>]) -> Option<(usize, Lsn)> {
+    let mut primaries = samples
+        .iter()
+        .enumerate()
+        .filter_map(|(index, sample)| match sample {
+            Ok(ReplicaSample {
+                in_recovery: false,
+                current: Some(lsn),
+                ..
+            }) => Some((index, *lsn)),
+            _ => None,
+        });
+    let first = primaries.next()?;
+    primaries.next().is_none().then_some(first)
+}
+
 async fn run(
     shared: Arc<Shared>,
-    primary: NodeTarget,
+    primary: Option<NodeTarget>,
     replicas: Vec<NodeTarget>,
     config: MonitorConfig,
     done: watch::Sender<u64>,
 ) {
-    let mut primary = Prober::new(primary, config.probe_timeout);
+    let mut primary = primary.map(|p| Prober::new(p, config.probe_timeout));
     let mut probers: Vec<Prober> = replicas
         .into_iter()
         .map(|r| Prober::new(r, config.probe_timeout))
@@ -969,15 +1024,39 @@ async fn run(
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shared.wake.notified() => {}
+        }
         shared.rounds_started.fetch_add(1, Ordering::SeqCst);
         let started = Instant::now();
-        // Published before the replicas are asked, so readers see the primary's state
-        // as soon as it is known.
-        let answer = primary.primary_lsn().await;
-        let primary_lsn = publish_primary(&shared, &mut state, answer, started);
-        let samples =
-            futures_util::future::join_all(probers.iter_mut().map(Prober::replica_sample)).await;
+        let (primary_lsn, samples) = match primary.as_mut() {
+            Some(primary) => {
+                // Published before the replicas are asked, so readers see the
+                // primary's state as soon as it is known.
+                let answer = primary.primary_lsn().await;
+                let primary_lsn = publish_primary(&shared, &mut state, answer, started);
+                let samples =
+                    futures_util::future::join_all(probers.iter_mut().map(Prober::replica_sample))
+                        .await;
+                (primary_lsn, samples)
+            }
+            None => {
+                let samples =
+                    futures_util::future::join_all(probers.iter_mut().map(Prober::replica_sample))
+                        .await;
+                let leader = leader_of(&samples);
+                let answer = leader
+                    .map(|(_, lsn)| lsn)
+                    .ok_or_else(|| "no single member answers as the primary".to_owned());
+                let primary_lsn = publish_primary(&shared, &mut state, answer, started);
+                shared.leader.send_if_modified(|current| {
+                    let new = leader.map(|(index, _)| index);
+                    std::mem::replace(current, new) != new
+                });
+                (primary_lsn, samples)
+            }
+        };
         publish_replicas(
             &shared,
             &mut state,
@@ -1027,12 +1106,20 @@ fn record(
         cell.in_recovery.store(false, Ordering::Release);
         cell.measured_at.store(None);
         cell.outage_at.store(None);
-        if seen.in_recovery != Some(false) {
-            tracing::error!(target: "diesel_rwsplit::monitor", replica = %cell.name, "replica is not in recovery (promoted?): it no longer follows the primary and gets no reads");
+        if shared.discovery {
+            if seen.in_recovery != Some(false) {
+                tracing::info!(target: "diesel_rwsplit::monitor", member = %cell.name, "member is not in recovery: a primary");
+            }
+            cell.set_error(None);
+        } else {
+            if seen.in_recovery != Some(false) {
+                tracing::error!(target: "diesel_rwsplit::monitor", replica = %cell.name, "replica is not in recovery (promoted?): it no longer follows the primary and gets no reads");
+            }
+            cell.set_error(Some(
+                "not in recovery (pg_is_in_recovery() is false): promoted, not a replica"
+                    .to_owned(),
+            ));
         }
-        cell.set_error(Some(
-            "not in recovery (pg_is_in_recovery() is false): promoted, not a replica".to_owned(),
-        ));
     } else {
         // A standby that has not replayed anything yet gets no measurement: the
         // previous one ages and becomes stale.
@@ -1082,6 +1169,9 @@ mod tests {
         Arc::new(Shared {
             // Early enough for tests to date rounds in the past.
             base: Instant::now() - Duration::from_secs(2 * 3600),
+            leader: watch::channel(None).0,
+            wake: tokio::sync::Notify::new(),
+            discovery: false,
             stale_after,
             primary: PrimaryCell {
                 name: "primary".into(),
@@ -1107,11 +1197,37 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_leader_is_the_one_member_not_in_recovery() {
+        let primary = |lsn: u64| {
+            Ok(ReplicaSample {
+                in_recovery: false,
+                receive: None,
+                replay: None,
+                current: Some(Lsn(lsn)),
+            })
+        };
+        let down = || Err::<ReplicaSample, String>("connect: refused".into());
+        type Samples = Vec<Result<ReplicaSample, String>>;
+        let cases: Vec<(Samples, Option<(usize, Lsn)>)> = vec![
+            (vec![standby(1), primary(9), standby(2)], Some((1, Lsn(9)))),
+            (vec![primary(5), down(), standby(2)], Some((0, Lsn(5)))),
+            (vec![standby(1), standby(2), down()], None),
+            // An old primary not fenced yet: no primary until one is demoted.
+            (vec![primary(5), primary(7), standby(2)], None),
+            (vec![], None),
+        ];
+        for (samples, expected) in cases {
+            assert_eq!(leader_of(&samples), expected, "{samples:?}");
+        }
+    }
+
     fn standby(replay: u64) -> Result<ReplicaSample, String> {
         Ok(ReplicaSample {
             in_recovery: true,
             receive: Some(Lsn(replay)),
             replay: Some(Lsn(replay)),
+            current: None,
         })
     }
 
@@ -1261,6 +1377,7 @@ mod tests {
             in_recovery: false,
             receive: None,
             replay: Some(Lsn(600)),
+            current: Some(Lsn(700)),
         });
         record(
             &shared,
@@ -1306,12 +1423,14 @@ mod tests {
                     in_recovery: true,
                     receive: Some(Lsn(receive)),
                     replay: Some(Lsn(replay)),
+                    current: None,
                 }),
                 Down => Err("connect: refused".into()),
                 Promoted { replay } => Ok(ReplicaSample {
                     in_recovery: false,
                     receive: None,
                     replay: Some(Lsn(replay)),
+                    current: Some(Lsn(replay)),
                 }),
             }
         }
@@ -1585,10 +1704,10 @@ mod tests {
     async fn unreachable_nodes_report_errors_without_passwords() {
         // Port 1 on loopback refuses connections at once.
         let monitor = Monitor::spawn(
-            NodeTarget::new(
+            Some(NodeTarget::new(
                 "primary (127.0.0.1:1)",
                 "postgres://u:s3cretpw@127.0.0.1:1/db",
-            ),
+            )),
             vec![
                 NodeTarget::new(
                     "replica1 (127.0.0.1:1)",
@@ -1676,7 +1795,7 @@ mod cluster_tests {
             .map(|(i, url)| NodeTarget::new(format!("replica{}", i + 1), url))
             .collect();
         Monitor::spawn(
-            NodeTarget::new("primary", cluster.primary_url()),
+            Some(NodeTarget::new("primary", cluster.primary_url())),
             replicas,
             config(),
         )

@@ -67,6 +67,11 @@ pub(crate) struct Stats {
     causal: [AtomicU64; 3],
     session_window_reads: AtomicU64,
     replica_read_only_transactions: AtomicU64,
+    topology_changes: AtomicU64,
+    no_primary_refusals: AtomicU64,
+    primary_gaps: AtomicU64,
+    primary_gap_millis: AtomicU64,
+    last_primary_gap_millis: AtomicU64,
     top: TopFingerprints,
 }
 
@@ -152,6 +157,25 @@ impl Stats {
         bump(&self.session_window_reads);
     }
 
+    /// The pool's view of the cluster changed (a new primary, or none).
+    pub(crate) fn record_topology_change(&self) {
+        bump(&self.topology_changes);
+    }
+
+    /// A statement that needed the primary failed because no member was the primary.
+    pub(crate) fn record_no_primary(&self) {
+        bump(&self.no_primary_refusals);
+    }
+
+    /// From losing the primary to the first connection to the new one.
+    pub(crate) fn record_primary_gap(&self, gap: std::time::Duration) {
+        let millis = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX);
+        bump(&self.primary_gaps);
+        self.primary_gap_millis.fetch_add(millis, Ordering::Relaxed);
+        self.last_primary_gap_millis
+            .store(millis, Ordering::Relaxed);
+    }
+
     /// A read-only transaction began on a replica (and stays there to its end).
     pub(crate) fn record_replica_read_only_transaction(&self) {
         bump(&self.replica_read_only_transactions);
@@ -204,6 +228,11 @@ impl Stats {
             causal: std::array::from_fn(|i| read(&self.causal[i])),
             session_window_reads: read(&self.session_window_reads),
             replica_read_only_transactions: read(&self.replica_read_only_transactions),
+            topology_changes: read(&self.topology_changes),
+            no_primary_refusals: read(&self.no_primary_refusals),
+            primary_gaps: read(&self.primary_gaps),
+            primary_gap_millis: read(&self.primary_gap_millis),
+            last_primary_gap_millis: read(&self.last_primary_gap_millis),
             fingerprints: self.top.entries(),
         }
     }
@@ -232,6 +261,11 @@ pub struct StatsSnapshot {
     causal: [u64; 3],
     session_window_reads: u64,
     replica_read_only_transactions: u64,
+    topology_changes: u64,
+    no_primary_refusals: u64,
+    primary_gaps: u64,
+    primary_gap_millis: u64,
+    last_primary_gap_millis: u64,
     fingerprints: Vec<FingerprintCount>,
 }
 
@@ -327,6 +361,35 @@ impl StatsSnapshot {
     /// connection that was on a replica).
     pub fn replica_read_only_transactions(&self) -> u64 {
         self.replica_read_only_transactions
+    }
+
+    /// Times a pool built with [`nodes`](crate::SwitchablePoolBuilder::nodes) saw
+    /// the primary change (a new member, or none while a change is under way).
+    pub fn topology_changes(&self) -> u64 {
+        self.topology_changes
+    }
+
+    /// Statements (and checkouts) that needed the primary and failed with
+    /// [`Error::NoPrimary`](crate::Error::NoPrimary): no member was the primary for
+    /// the whole primary checkout timeout.
+    pub fn no_primary_refusals(&self) -> u64 {
+        self.no_primary_refusals
+    }
+
+    /// Primary outages seen by this pool's writers, from the first primary checkout
+    /// that failed (or found no primary) to the first that succeeded afterwards, on
+    /// the same or a new primary: `(how many, total time)`.
+    pub fn primary_gaps(&self) -> (u64, std::time::Duration) {
+        (
+            self.primary_gaps,
+            std::time::Duration::from_millis(self.primary_gap_millis),
+        )
+    }
+
+    /// The last of [`primary_gaps`](Self::primary_gaps).
+    pub fn last_primary_gap(&self) -> Option<std::time::Duration> {
+        (self.primary_gaps > 0)
+            .then(|| std::time::Duration::from_millis(self.last_primary_gap_millis))
     }
 
     /// The `n` statement fingerprints that tripped the interlock most often (flips in

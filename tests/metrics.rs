@@ -191,6 +191,21 @@ fn assert_counters_published(published: &Published, stats: &StatsSnapshot) {
         stats.replica_read_only_transactions(),
         "read-only transactions on replicas"
     );
+    assert_eq!(
+        single("rwsplit_topology_changes_total"),
+        stats.topology_changes(),
+        "topology changes"
+    );
+    assert_eq!(
+        single("rwsplit_no_primary_total"),
+        stats.no_primary_refusals(),
+        "writes refused for lack of a primary"
+    );
+    assert_eq!(
+        single("rwsplit_primary_gaps_total"),
+        stats.primary_gaps().0,
+        "primary gaps"
+    );
 }
 
 /// The gauges of each replica as `pool.replication_status()` and
@@ -390,7 +405,7 @@ async fn publish_metrics_mirrors_every_counter_and_gauge_of_a_switching_pool() {
         .lines()
         .filter_map(|l| l.strip_prefix("# HELP ")?.split_once(' '))
         .collect();
-    assert_eq!(helps.len(), 17 + 4);
+    assert_eq!(helps.len(), 21 + 4);
     for (name, help) in helps {
         assert_eq!(
             published.descriptions.get(name).map(String::as_str),
@@ -706,6 +721,10 @@ async fn the_prometheus_text_and_the_recorder_hold_the_same_samples() {
             "rwsplit_replica_saturations_total counter",
             "rwsplit_read_timeouts_total counter",
             "rwsplit_replica_read_only_transactions_total counter",
+            "rwsplit_topology_changes_total counter",
+            "rwsplit_no_primary_total counter",
+            "rwsplit_primary_gaps_total counter",
+            "rwsplit_primary_gap_milliseconds_total counter",
             "rwsplit_replica_replay_lag_bytes gauge",
             "rwsplit_replica_lag_seconds gauge",
             "rwsplit_replica_healthy gauge",

@@ -30,6 +30,7 @@ type Stream = tokio_postgres::tls::NoTlsStream;
 pub(crate) type PgConnection = tokio_postgres::Connection<Socket, Stream>;
 
 /// One node's connection recipe.
+#[derive(Clone)]
 pub(crate) struct PgEndpoint {
     name: String,
     config: tokio_postgres::Config,
@@ -100,6 +101,19 @@ impl PgEndpoint {
             credentials: settings.credentials.clone(),
             address,
         })
+    }
+
+    /// The same recipe for sessions that must be able to write: a session the
+    /// server opens read-only (a standby, `default_transaction_read_only`) is
+    /// refused at connect (libpq's `target_session_attrs=read-write`), so a name
+    /// that moves (a DNS writer endpoint) is never used while it points at a
+    /// replica.
+    pub(crate) fn read_write(&self) -> Self {
+        let mut endpoint = self.clone();
+        endpoint
+            .config
+            .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+        endpoint
     }
 
     /// `label (host:port)`: the node's name in errors and logs.

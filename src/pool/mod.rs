@@ -1,6 +1,10 @@
 //! `SwitchablePool`: one bb8 pool per node, replica balancing, health and fallback.
 
 mod causal;
+mod topology;
+
+use topology::Primary;
+pub use topology::Topology;
 mod export;
 
 use std::fmt;
@@ -146,7 +150,7 @@ impl Backoff {
 
 struct PoolInner<C: SwitchTarget> {
     epoch: Instant,
-    primary: NodePool<C>,
+    primary: Primary<C>,
     replicas: Vec<NodePool<C>>,
     next_replica: AtomicUsize,
     random_state: AtomicU64,
@@ -398,15 +402,19 @@ impl<C: SwitchTarget> PoolInner<C> {
     }
 
     async fn checkout_primary(&self) -> Result<Handle<C>, Error> {
-        let handle =
-            self.primary
-                .checkout()
-                .await
-                .map_err(|failure| Error::PrimaryUnavailable {
-                    node: self.primary.name.to_string(),
-                    kind: failure.kind,
-                    source: failure.into_source(),
-                })?;
+        let handle = match &self.primary {
+            Primary::Fixed(primary) => {
+                primary
+                    .checkout()
+                    .await
+                    .map_err(|failure| Error::PrimaryUnavailable {
+                        node: primary.name.to_string(),
+                        kind: failure.kind,
+                        source: failure.into_source(),
+                    })?
+            }
+            Primary::Discovered(discovered) => self.checkout_discovered(discovered).await?,
+        };
         self.router.stats.record_checkout(Target::Primary);
         Ok(handle)
     }
@@ -615,10 +623,24 @@ impl<C: SwitchTarget> SwitchablePool<C> {
 
     /// Printable names of the nodes (`primary (host:port)`, `replica1 (host:port)`, ...).
     pub fn node_names(&self) -> Vec<String> {
-        std::iter::once(&self.inner.primary)
-            .chain(&self.inner.replicas)
-            .map(|n| n.name().to_owned())
-            .collect()
+        match &self.inner.primary {
+            Primary::Fixed(primary) => std::iter::once(primary)
+                .chain(&self.inner.replicas)
+                .map(|n| n.name().to_owned())
+                .collect(),
+            Primary::Discovered(_) => self
+                .inner
+                .replicas
+                .iter()
+                .map(|n| n.name().to_owned())
+                .collect(),
+        }
+    }
+
+    /// Which member is the primary now, as one value (see
+    /// [`SwitchablePoolBuilder::nodes`]); with a fixed primary, generation 0.
+    pub fn topology(&self) -> Topology {
+        self.inner.topology()
     }
 
     /// How many connections of each replica are checked out through this pool
@@ -697,6 +719,7 @@ struct RoleSettings {
 pub struct SwitchablePoolBuilder<C: SwitchTarget = AsyncPgConnection> {
     primary: Option<String>,
     replicas: Vec<String>,
+    members: Vec<String>,
     interlock: InterlockMode,
     default_route: Route,
     classifier: Option<Classifier>,
@@ -742,6 +765,7 @@ impl<C: SwitchTarget> Default for SwitchablePoolBuilder<C> {
         SwitchablePoolBuilder {
             primary: None,
             replicas: Vec::new(),
+            members: Vec::new(),
             interlock: InterlockMode::Switch,
             default_route: Route::Replica,
             classifier: None,
@@ -796,6 +820,30 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
         S: Into<String>,
     {
         self.replicas = urls.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The members of one replicated cluster, roles unknown, instead of
+    /// [`primary`](Self::primary) and [`replicas`](Self::replicas). The pool finds
+    /// the primary (the one member not in recovery) and keeps finding it: every
+    /// [`monitor_interval`](Self::monitor_interval), and at once when a primary
+    /// checkout fails. Reads go to the members in recovery. The HA engine decides
+    /// who the primary is; the pool follows. Default: none.
+    ///
+    /// During a change, statements that need the primary wait for the new one up
+    /// to the [`primary_checkout_timeout`](Self::primary_checkout_timeout), then
+    /// fail with [`Error::NoPrimary`]; a write never runs on a member that is not
+    /// the primary (primary sessions are checked read-write at connect, and
+    /// PostgreSQL ends every session of a demoted server). Two members that both
+    /// answer as the primary (an old primary not fenced yet) make no primary until
+    /// one of them is demoted. Members are named `nodeN (host:port)`; see
+    /// [`SwitchablePool::topology`] and [`StatsSnapshot::topology_changes`].
+    pub fn nodes<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.members = urls.into_iter().map(Into::into).collect();
         self
     }
 
@@ -1105,9 +1153,21 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
     /// [`require_primary_at_build(false)`](Self::require_primary_at_build). Opens no
     /// database session (the first checkout does). Must run inside a Tokio runtime.
     pub async fn build(self) -> Result<SwitchablePool<C>, Error> {
-        let primary_url = self
-            .primary
-            .ok_or_else(|| Error::InvalidConfig("no primary URL was given".into()))?;
+        let discover = !self.members.is_empty();
+        if discover && (self.primary.is_some() || !self.replicas.is_empty()) {
+            return Err(Error::InvalidConfig(
+                "nodes() names every member and replaces primary() and replicas(): give one or the other".into(),
+            ));
+        }
+        let primary_url = match (&self.primary, discover) {
+            (_, true) => None,
+            (Some(url), false) => Some(url.clone()),
+            (None, false) => {
+                return Err(Error::InvalidConfig(
+                    "no primary URL was given (primary(), or nodes() for a cluster whose primary is found)".into(),
+                ))
+            }
+        };
         for (role, settings) in [
             ("primary", &self.primary_settings),
             ("replica", &self.replica_settings),
@@ -1123,6 +1183,13 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
                 )));
             }
         }
+        // In discovery mode every member is a possible replica (a member serves
+        // reads only while it is in recovery) and a possible primary.
+        let (reader_urls, label) = if discover {
+            (&self.members, "node")
+        } else {
+            (&self.replicas, "replica")
+        };
         #[cfg(feature = "metrics")]
         if self.metrics_interval.is_some_and(|every| every.is_zero()) {
             return Err(Error::InvalidConfig(
@@ -1130,23 +1197,33 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             ));
         }
         if let Balance::Weighted(weights) = &self.balance {
-            if weights.len() != self.replicas.len() {
+            if weights.len() != reader_urls.len() {
                 return Err(Error::InvalidConfig(format!(
                     "{} weights given for {} replicas",
                     weights.len(),
-                    self.replicas.len()
+                    reader_urls.len()
                 )));
             }
         }
-        let primary_endpoint = Arc::new(PgEndpoint::new("primary", &primary_url, &self.connect)?);
-        let mut replica_endpoints = Vec::with_capacity(self.replicas.len());
-        for (index, url) in self.replicas.iter().enumerate() {
-            let label = format!("replica{}", index + 1);
+        let primary_endpoint = match &primary_url {
+            Some(url) => Some(Arc::new(PgEndpoint::new("primary", url, &self.connect)?)),
+            None => None,
+        };
+        let mut replica_endpoints = Vec::with_capacity(reader_urls.len());
+        for (index, url) in reader_urls.iter().enumerate() {
+            let label = format!("{label}{}", index + 1);
             replica_endpoints.push(Arc::new(PgEndpoint::new(&label, url, &self.connect)?));
         }
         let mut unreachable_replicas = Vec::new();
         if self.verify_on_build {
-            let primary_check = reachable(&primary_endpoint, self.primary_settings.connect_timeout);
+            let primary_check = async {
+                match &primary_endpoint {
+                    Some(endpoint) => {
+                        reachable(endpoint, self.primary_settings.connect_timeout).await
+                    }
+                    None => Ok(()),
+                }
+            };
             let replica_checks = replica_endpoints
                 .iter()
                 .map(|endpoint| reachable(endpoint, self.replica_settings.connect_timeout));
@@ -1162,24 +1239,59 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
                 }
                 Ok(()) => {}
             }
+            let reachable_members = replicas_ok.iter().filter(|r| r.is_ok()).count();
             for (index, result) in replicas_ok.into_iter().enumerate() {
                 if let Err(e) = result {
+                    if discover && reachable_members == 0 && self.require_primary {
+                        return Err(e);
+                    }
                     unreachable_replicas.push((index, e.to_string()));
                 }
             }
         }
-        let monitor_primary = NodeTarget::from_endpoint(Arc::clone(&primary_endpoint));
+        let monitor_primary = primary_endpoint
+            .as_ref()
+            .map(|endpoint| NodeTarget::from_endpoint(Arc::clone(endpoint)));
         #[cfg_attr(not(feature = "testing"), allow(unused_mut))]
-        let mut primary = node_pool::<C>(
-            primary_endpoint,
-            None,
-            self.primary_settings,
-            self.on_connect.clone(),
-            1,
-            true,
-        );
-        let mut replicas: Vec<NodePool<C>> = Vec::with_capacity(self.replicas.len());
-        let mut monitored = Vec::with_capacity(self.replicas.len());
+        let mut primary = match primary_endpoint {
+            // A primary URL that names a moving endpoint (a DNS writer endpoint)
+            // may point at a replica for a while: such sessions are refused at
+            // connect, never handed out as primary sessions.
+            Some(endpoint) => Primary::Fixed(node_pool::<C>(
+                Arc::new(endpoint.read_write()),
+                None,
+                self.primary_settings,
+                self.on_connect.clone(),
+                1,
+                true,
+            )),
+            None => {
+                let writable: Vec<Arc<PgEndpoint>> = replica_endpoints
+                    .iter()
+                    .map(|endpoint| Arc::new(endpoint.read_write()))
+                    .collect();
+                let (settings, on_connect) = (self.primary_settings, self.on_connect.clone());
+                // The first failure ends a checkout: the pool then looks for the
+                // primary again rather than wait on a member that may be gone.
+                let make = move |index: usize| {
+                    node_pool::<C>(
+                        Arc::clone(&writable[index]),
+                        None,
+                        settings,
+                        on_connect.clone(),
+                        1,
+                        false,
+                    )
+                };
+                Primary::Discovered(topology::Discovered::new(
+                    replica_endpoints.len(),
+                    Box::new(make),
+                    self.primary_settings.checkout_timeout,
+                ))
+            }
+        };
+        let mut replicas: Vec<NodePool<C>> = Vec::with_capacity(replica_endpoints.len());
+        let mut monitored = Vec::with_capacity(replica_endpoints.len());
         for (index, endpoint) in replica_endpoints.into_iter().enumerate() {
             monitored.push(NodeTarget::from_endpoint(Arc::clone(&endpoint)));
             let weight = match &self.balance {
@@ -1198,8 +1310,10 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
         #[cfg(feature = "testing")]
         if let Some(faults) = &self.faults {
             use crate::testing::FaultNode;
-            let primary_pool = Arc::clone(&primary.pool);
-            primary.pool = faults.wrap(FaultNode::Primary, primary_pool);
+            if let Primary::Fixed(primary) = &mut primary {
+                let primary_pool = Arc::clone(&primary.pool);
+                primary.pool = faults.wrap(FaultNode::Primary, primary_pool);
+            }
             for (index, replica) in replicas.iter_mut().enumerate() {
                 let pool = Arc::clone(&replica.pool);
                 replica.pool = faults.wrap(FaultNode::Replica(index), pool);
@@ -1244,6 +1358,17 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
         for (index, why) in unreachable_replicas {
             // Out of rotation from the start; the probe re-admits it once it answers.
             inner.eject(index, &why);
+        }
+        if let (Primary::Discovered(_), Some(monitor)) = (&inner.primary, &inner.monitor) {
+            // Know the primary before the first write: one round, bounded by the
+            // monitor's probe timeouts.
+            let first_round = self.monitor.probe_timeout * 2 + Duration::from_millis(100);
+            let _ = tokio::time::timeout(first_round, monitor.wait_next_poll()).await;
+            inner.apply_leader(monitor.leader());
+            tokio::spawn(PoolInner::follow(
+                Arc::downgrade(&inner),
+                monitor.leader_changes(),
+            ));
         }
         let source: Arc<dyn NodeSource<C>> = Arc::new(Source(Arc::clone(&inner)));
         Ok(SwitchablePool { inner, source })

@@ -136,6 +136,101 @@ fn versioned_bindirs(root: &Path) -> Vec<(Vec<u32>, PathBuf)> {
         .collect()
 }
 
+/// Environment variable naming where `patroni` and `patronictl` are: their
+/// directory (a virtualenv's `bin`), or the `patroni` program itself.
+pub const PATRONI_BIN_ENV: &str = "RWSPLIT_PATRONI_BIN";
+
+/// Where `.ci/run` installs Patroni: a virtualenv readable by the `postgres` user.
+pub const DEFAULT_PATRONI_VENV: &str = "/opt/rwsplit/patroni-venv";
+
+/// The programs a Patroni cluster runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct PatroniPrograms {
+    pub(super) patroni: PathBuf,
+    pub(super) patronictl: PathBuf,
+    pub(super) etcd: PathBuf,
+}
+
+/// Where to look for Patroni and etcd, made explicit for tests.
+#[derive(Debug, Clone)]
+pub(super) struct PatroniSearch {
+    pub(super) env_bin: Option<OsString>,
+    pub(super) default_bin: PathBuf,
+    pub(super) path: Option<OsString>,
+    pub(super) etcd_fallback: PathBuf,
+}
+
+impl PatroniSearch {
+    /// The real search: `RWSPLIT_PATRONI_BIN` or the default virtualenv, and etcd
+    /// on `PATH` or in `/usr/bin`.
+    pub(super) fn from_env() -> Self {
+        PatroniSearch {
+            env_bin: std::env::var_os(PATRONI_BIN_ENV).filter(|v| !v.is_empty()),
+            default_bin: Path::new(DEFAULT_PATRONI_VENV).join("bin"),
+            path: std::env::var_os("PATH"),
+            etcd_fallback: PathBuf::from("/usr/bin/etcd"),
+        }
+    }
+
+    /// All three programs, or an error naming what is missing and where it was looked for.
+    pub(super) fn find(&self) -> Result<PatroniPrograms> {
+        let mut missing = Vec::new();
+        let (bin_dir, label) = match &self.env_bin {
+            Some(value) => {
+                let value = PathBuf::from(value);
+                // Either the directory or the `patroni` program in it.
+                let dir = if value.is_file() {
+                    value.parent().map(Path::to_path_buf).unwrap_or_default()
+                } else {
+                    value.clone()
+                };
+                (dir, format!("{PATRONI_BIN_ENV}={}", value.display()))
+            }
+            None => (
+                self.default_bin.clone(),
+                format!("{} ({PATRONI_BIN_ENV} not set)", self.default_bin.display()),
+            ),
+        };
+        let patroni = bin_dir.join("patroni");
+        let patronictl = bin_dir.join("patronictl");
+        for program in [&patroni, &patronictl] {
+            if !is_executable(program) {
+                missing.push(format!("{}: no executable {}", label, program.display()));
+            }
+        }
+        let on_path = self
+            .path
+            .iter()
+            .flat_map(std::env::split_paths)
+            .map(|dir| dir.join("etcd"))
+            .find(|candidate| is_executable(candidate));
+        let etcd = match on_path {
+            Some(found) => Some(found),
+            None if is_executable(&self.etcd_fallback) => Some(self.etcd_fallback.clone()),
+            None => {
+                missing.push(format!(
+                    "etcd: not on PATH nor at {}",
+                    self.etcd_fallback.display()
+                ));
+                None
+            }
+        };
+        match etcd {
+            Some(etcd) if missing.is_empty() => Ok(PatroniPrograms {
+                patroni,
+                patronictl,
+                etcd,
+            }),
+            _ => Err(Error::PatroniNotFound { missing }),
+        }
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +333,58 @@ mod tests {
         ] {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }
+    }
+
+    fn executable(path: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn patroni_search_names_what_is_missing_and_how_to_install_it() {
+        let tree = FakeTree::new("patroni");
+        let search = PatroniSearch {
+            env_bin: None,
+            default_bin: tree.0.join("venv/bin"),
+            path: Some(OsString::new()),
+            etcd_fallback: tree.0.join("usr-bin/etcd"),
+        };
+        let err = search.find().unwrap_err();
+        let Error::PatroniNotFound { missing } = &err else {
+            panic!("unexpected error {err:?}");
+        };
+        assert_eq!(missing.len(), 3, "{missing:?}");
+        let text = err.to_string();
+        for expected in [
+            "patronictl",
+            "etcd",
+            PATRONI_BIN_ENV,
+            "apt-get install etcd-server",
+            "patroni[etcd3]",
+            DEFAULT_PATRONI_VENV,
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+
+        executable(&tree.0.join("venv/bin/patroni"));
+        executable(&tree.0.join("venv/bin/patronictl"));
+        executable(&tree.0.join("usr-bin/etcd"));
+        let found = search.find().unwrap();
+        assert_eq!(found.patroni, tree.0.join("venv/bin/patroni"));
+        assert_eq!(found.etcd, tree.0.join("usr-bin/etcd"));
+
+        // The variable may name the program as well as its directory.
+        executable(&tree.0.join("other/patroni"));
+        executable(&tree.0.join("other/patronictl"));
+        let search = PatroniSearch {
+            env_bin: Some(tree.0.join("other/patroni").into_os_string()),
+            ..search
+        };
+        assert_eq!(
+            search.find().unwrap().patronictl,
+            tree.0.join("other/patronictl")
+        );
     }
 }

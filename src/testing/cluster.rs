@@ -786,6 +786,54 @@ impl LocalCluster {
             .map_err(|e| self.err(&node.name, ClusterStep::Promote, e))
     }
 
+    /// Make the original primary a standby of replica `leader` after
+    /// [`promote_replica(leader)`](Self::promote_replica): the second half of a
+    /// failover, as an HA engine does it. Stops the old primary cleanly if it runs
+    /// (a clean shutdown streams its last checkpoint to the standbys, so it can
+    /// follow the promoted one's new timeline without `pg_rewind`), points it at the
+    /// promoted replica and starts it in recovery on the same port. Returns once it
+    /// streams from the new primary. [`primary_url`](Self::primary_url) still names
+    /// this node: it is a replica now.
+    pub async fn demote_primary(&self, leader: usize) -> Result<()> {
+        let new_primary = self.replica(leader)?;
+        let node = &self.primary;
+        if node.pid().is_some() {
+            self.stop_node(node)?;
+        }
+        let host = self
+            .socket_dir
+            .as_ref()
+            .map_or_else(|| "127.0.0.1".to_owned(), |d| d.display().to_string());
+        let standby = format!(
+            "primary_conninfo = 'host={host} port={} user=postgres application_name=primary'
+primary_slot_name = ''
+recovery_target_timeline = 'latest'
+",
+            new_primary.port()
+        );
+        let configure = || -> std::io::Result<()> {
+            append(&node.data_dir.join("postgresql.auto.conf"), &standby)?;
+            let signal = node.data_dir.join("standby.signal");
+            std::fs::write(&signal, b"")?;
+            self.run_as.own(&signal)
+        };
+        configure().map_err(|e| self.err(&node.name, ClusterStep::Configure, e.into()))?;
+        self.start_node(node, false).await?;
+        let streaming = poll_until(
+            self.timeout,
+            "streaming from the promoted replica",
+            || async {
+                let status = node
+                    .query_text("SELECT status FROM pg_stat_wal_receiver")
+                    .await?;
+                Ok((status.as_deref() == Some("streaming")).then_some(()))
+            },
+        );
+        streaming
+            .await
+            .map_err(|e| self.err(&node.name, ClusterStep::WaitStreaming, e))
+    }
+
     /// Apply the crate's example schema (users, orders, events) to the primary with
     /// `diesel_migrations`, then wait until every replica has it.
     pub async fn apply_example_schema(&self) -> Result<()> {
@@ -1180,7 +1228,7 @@ async fn node_status(node: &Node, primary_lsn: Option<Lsn>) -> NodeStatus {
 }
 
 /// Create the cluster directory: a given one must be absent or empty.
-fn prepare_dir(requested: Option<&Path>, run_as: RunAs) -> Result<PathBuf> {
+pub(super) fn prepare_dir(requested: Option<&Path>, run_as: RunAs) -> Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let prepare_err = |source: BoxError| Error::Cluster {
         node: "cluster".into(),
@@ -1276,7 +1324,7 @@ where
 
 /// Run a short blocking wait (a server shutting down) from async code, letting a
 /// multi-threaded runtime move other tasks off this thread meanwhile.
-fn block_in_place<T>(work: impl FnOnce() -> T) -> T {
+pub(super) fn block_in_place<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(work)

@@ -44,6 +44,22 @@
 //! # let _ = (ca, url, cert, key, admin); Ok(()) }
 //! ```
 //!
+//! [`PatroniCluster`] runs the same servers under a real HA engine (Patroni over
+//! etcd, three members by default) for tests of planned switchovers and
+//! unplanned failovers:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), diesel_rwsplit::Error> {
+//! use std::time::Duration;
+//! use diesel_rwsplit::testing::PatroniCluster;
+//!
+//! let cluster = PatroniCluster::builder().members(3).start().await?; // 10-18 s
+//! let urls = cluster.member_urls();          // stable per member, whatever its role
+//! let killed = cluster.kill_leader().await?; // SIGKILL Patroni and PostgreSQL
+//! let (leader, _seen) = cluster.wait_for_leader(Duration::from_secs(60), Some(killed)).await?;
+//! # let _ = (urls, leader); Ok(()) }
+//! ```
+//!
 //! Requirements: PostgreSQL server binaries (`initdb`, `postgres`,
 //! `pg_basebackup`); see [`LocalClusterBuilder::pg_bindir`] for where they are
 //! looked for. On Debian/Ubuntu: `apt-get install postgresql`.
@@ -53,13 +69,15 @@ mod cluster;
 mod example;
 mod faults;
 mod node;
+mod patroni;
 mod process;
 mod template;
 mod tls;
 
-pub use binaries::BINDIR_ENV;
+pub use binaries::{BINDIR_ENV, DEFAULT_PATRONI_VENV, PATRONI_BIN_ENV};
 pub use cluster::{ClusterUrls, LocalCluster, LocalClusterBuilder, NodeStatus};
 pub use example::{run_example_migrations, schema, EXAMPLE_MIGRATIONS};
 pub use faults::{Fault, FaultNode, FaultStep, Faults};
+pub use patroni::{PatroniCluster, PatroniClusterBuilder, PatroniMember, PatroniStatus};
 pub use process::is_gone as process_is_gone;
 pub use tls::other_ca_pem;

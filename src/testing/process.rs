@@ -222,11 +222,21 @@ pub(super) fn stop_server(pid: u32, mut child: Option<&mut Child>) -> bool {
 
 /// The shell script the watchdog runs. It blocks until its stdin reaches end-of-file,
 /// which happens when the process holding the other end exits, however it exits
-/// (drop, `process::exit`, panic abort, SIGKILL), then stops every server whose
-/// `postmaster.pid` is still in the cluster directory and removes the directory.
+/// (drop, `process::exit`, panic abort, SIGKILL), then kills every process named by
+/// a `*.pid` file at the top of the cluster directory whose command line names the
+/// directory (a Patroni cluster's Patroni members and etcd: Patroni first, so that
+/// it restarts nothing), stops every server whose `postmaster.pid` is still in the
+/// cluster directory and removes the directory.
 const WATCHDOG_SCRIPT: &str = r#"
 dir="$1"
 cat >/dev/null
+for f in "$dir"/*.pid; do
+  [ -f "$f" ] || continue
+  pid=$(head -n 1 "$f")
+  case "$pid" in ''|*[!0-9]*) continue ;; esac
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$dir" || continue
+  kill -KILL "$pid" 2>/dev/null
+done
 pids=""
 for f in "$dir"/*/postmaster.pid; do
   [ -f "$f" ] || continue
