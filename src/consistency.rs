@@ -34,6 +34,25 @@ const TEXT_LEN: usize = PREFIX.len() + DIGITS;
 /// and the read waits for, or falls back to, the primary; too low and the caller
 /// gets exactly the staleness it asked for.
 ///
+/// # Across a failover
+///
+/// A token holds a WAL position, not a timeline. PostgreSQL numbers WAL positions
+/// continuously across a promotion: the promoted standby's new timeline begins at
+/// the position where it left the old one, so every member that replayed the old
+/// primary up to the token holds the write, whichever timeline it is on now, and a
+/// token from before a failover keeps working on the new primary and its replicas
+/// (a pool built with [`nodes`](crate::SwitchablePoolBuilder::nodes) follows them).
+///
+/// A write lost in an asynchronous failover (acknowledged by the old primary,
+/// never streamed) has a token past the fork point. No member holds that write;
+/// [`get_after`](crate::SwitchablePool::get_after) waits at most its
+/// `causal_wait` bound and then serves the read from the primary (counted as
+/// [`CausalOutcome::Primary`](crate::CausalOutcome::Primary)), so such a token
+/// cannot hang a read. Once the new primary has written past that position, members
+/// that replayed it satisfy the token: the read sees everything that exists, which
+/// cannot include the lost write. Synchronous replication (Patroni's
+/// `synchronous_mode`) is what keeps acknowledged writes from being lost.
+///
 /// # Ordering
 ///
 /// Tokens order by LSN: a later write gives a greater token, so a client holding

@@ -317,5 +317,5 @@ mod consistency;
 mod monitor;
 pub use catalog::volatile_user_functions;
 pub use consistency::CausalToken;
-pub use monitor::ReplicaStatus;
+pub use monitor::{MemberRole, ReplicaStatus};
 pub use pool::Topology;

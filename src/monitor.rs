@@ -234,6 +234,31 @@ pub struct ReplicaStatus {
     pub last_error: Option<String>,
 }
 
+/// What a member was at its last answer (see [`ReplicaStatus::role`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MemberRole {
+    /// Not in recovery: a primary (with a fixed primary, a replica that was
+    /// promoted and gets no reads).
+    Primary,
+    /// In recovery: a standby.
+    Replica,
+    /// It did not answer its last probe (or none has completed yet).
+    Unknown,
+}
+
+impl ReplicaStatus {
+    /// What the node was at its last answer: with
+    /// [`nodes`](crate::SwitchablePoolBuilder::nodes), every member's current role.
+    pub fn role(&self) -> MemberRole {
+        match (self.healthy, self.in_recovery) {
+            (false, _) => MemberRole::Unknown,
+            (true, true) => MemberRole::Replica,
+            (true, false) => MemberRole::Primary,
+        }
+    }
+}
+
 /// An `Option<u64>` in one atomic: 0 is `None`, `v + 1` is `Some(v)` (saturating).
 #[derive(Debug, Default)]
 struct AtomicOptU64(AtomicU64);

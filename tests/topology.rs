@@ -13,7 +13,7 @@ use diesel::sql_types::{BigInt, Integer};
 use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
 use diesel_rwsplit::testing::LocalCluster;
-use diesel_rwsplit::{rwsplit_error, Error, SwitchablePool, Target};
+use diesel_rwsplit::{rwsplit_error, Error, MemberRole, SwitchablePool, Target};
 
 use common::{admin, port_of, WAIT};
 
@@ -226,12 +226,15 @@ async fn a_promotion_is_followed_under_load() {
     assert!(stats.topology_changes() >= 1, "{stats:?}");
     let (gaps, _) = stats.primary_gaps();
     assert!(gaps >= 1, "the writers' outage was measured");
-    let roles: Vec<(bool, bool)> = pool
-        .replication_status()
-        .iter()
-        .map(|s| (s.healthy, s.in_recovery))
-        .collect();
-    assert_eq!(roles, [(true, true), (true, false), (true, true)]);
+    let roles: Vec<MemberRole> = pool.replication_status().iter().map(|s| s.role()).collect();
+    assert_eq!(
+        roles,
+        [
+            MemberRole::Replica,
+            MemberRole::Primary,
+            MemberRole::Replica
+        ]
+    );
     let mut count = pool.get().await.unwrap();
     let n: Count = diesel::sql_query("SELECT count(*) AS n FROM followed")
         .get_result(&mut count)
@@ -321,5 +324,72 @@ async fn a_primary_url_that_points_at_a_replica_never_hands_out_its_sessions() {
     assert_eq!(
         sessions, 0,
         "read-only sessions are closed at connect, never pooled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_causal_token_from_before_a_promotion_is_honoured_after_it() {
+    let cluster = LocalCluster::start(2).await.unwrap();
+    admin(&cluster.primary_url())
+        .await
+        .batch_execute("CREATE TABLE remembered (id BIGINT PRIMARY KEY)")
+        .await
+        .unwrap();
+    cluster.wait_for_replicas(WAIT).await.unwrap();
+    let pool = SwitchablePool::builder()
+        .nodes(members(&cluster))
+        .monitor_interval(Duration::from_millis(100))
+        .causal_wait(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let mut conn = pool.get().await.unwrap();
+    write(&pool, "remembered", 1).await.unwrap();
+    conn.switch_to_primary().await.unwrap();
+    let token = conn.causal_token().await.unwrap().unwrap();
+    drop(conn);
+
+    cluster.stop_primary().await.unwrap();
+    cluster.promote_replica(0).await.unwrap();
+    cluster.demote_primary(0).await.unwrap();
+    common::until("the new primary is followed", || {
+        pool.topology()
+            .primary
+            .is_some_and(|p| p.starts_with("node2 "))
+    })
+    .await;
+
+    // Every member holds the write: the token is satisfied on the new timeline.
+    let mut after = pool.get_after(&token).await.unwrap();
+    let n: Count = diesel::sql_query("SELECT count(*) AS n FROM remembered")
+        .get_result(&mut after)
+        .await
+        .unwrap();
+    assert_eq!(n.n, 1);
+    drop(after);
+
+    // A token past anything any member has (a write lost in an asynchronous
+    // failover) cannot hang a read: bounded, then the primary, counted.
+    let lost: diesel_rwsplit::CausalToken = "rw1.7fffffff00000000".parse().unwrap();
+    let before = pool
+        .stats()
+        .causal_reads(diesel_rwsplit::CausalOutcome::Primary);
+    let started = std::time::Instant::now();
+    let mut served = pool.get_after(&lost).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(served.target(), Target::Primary);
+    let ran: Ran = diesel::sql_query("SELECT inet_server_port() AS port")
+        .get_result(&mut served)
+        .await
+        .unwrap();
+    assert_eq!(
+        ran.port,
+        port_of(&cluster.replica_urls()[0]),
+        "the new primary"
+    );
+    assert_eq!(
+        pool.stats()
+            .causal_reads(diesel_rwsplit::CausalOutcome::Primary),
+        before + 1
     );
 }
