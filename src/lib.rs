@@ -17,6 +17,7 @@
 //! | `deadpool` | no      | [`SwitchableDeadpool`]: a deadpool pool of switchable connections, for services that keep a deadpool `Pool` (the counterpart of the bb8 adapter [`SwitchableManager`]) |
 //! | `axum`     | no      | [`axum`] extractors for replica-first and primary connections, and a `/metrics` handler |
 //! | `metrics`  | no      | every counter and gauge of [`SwitchablePool::to_prometheus`], under the same names and labels, published through the [`metrics`](https://docs.rs/metrics) facade to the application's recorder (Prometheus exporter, OpenTelemetry): [`SwitchablePool::publish_metrics`], [`SwitchablePoolBuilder::metrics_interval`] |
+//! | `patroni`  | no      | follow Patroni's REST API for who the primary is ([`SwitchablePoolBuilder::patroni`]) in a pool built with [`SwitchablePoolBuilder::nodes`] |
 //! | `cli`      | no      | the `rwsplit` binary: `rwsplit classify`, `rwsplit audit`, `rwsplit cluster up/status/down` |
 //!
 //! ## The statement classifier

@@ -121,10 +121,11 @@ impl Running {
     }
 }
 
-async fn cluster_and_pool(table: &str) -> (PatroniCluster, SwitchablePool) {
+async fn cluster_and_pool(table: &str, rest: bool) -> (PatroniCluster, SwitchablePool) {
     let cluster = PatroniCluster::builder()
         .members(3)
         .synchronous_mode(true)
+        .tag(2, "noloadbalance", "true")
         .start()
         .await
         .unwrap();
@@ -147,13 +148,14 @@ async fn cluster_and_pool(table: &str) -> (PatroniCluster, SwitchablePool) {
         .batch_execute(&format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY)"))
         .await
         .unwrap();
-    let pool = SwitchablePool::builder()
+    let mut builder = SwitchablePool::builder()
         .nodes(cluster.member_urls())
         .monitor_interval(Duration::from_millis(500))
-        .primary_checkout_timeout(Duration::from_secs(60))
-        .build()
-        .await
-        .unwrap();
+        .primary_checkout_timeout(Duration::from_secs(60));
+    if rest {
+        builder = builder.patroni(cluster.rest_urls());
+    }
+    let pool = builder.build().await.unwrap();
     (cluster, pool)
 }
 
@@ -214,8 +216,30 @@ async fn check(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planned_switchover_is_followed() {
-    let (cluster, pool) = cluster_and_pool("switched").await;
-    let running = Running::start(&pool, "switched");
+    switchover("switched", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_switchover_is_followed_through_patronis_rest_api() {
+    switchover("switched_rest", true).await;
+}
+
+async fn switchover(table: &'static str, rest: bool) {
+    let (cluster, pool) = cluster_and_pool(table, rest).await;
+    if rest {
+        // Patroni tags member 2 `noloadbalance`: it serves no reads.
+        let excluded = port_of(&cluster.member_url(2).unwrap());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for _ in 0..20 {
+            let mut conn = pool.get().await.unwrap();
+            let ran: Ran = diesel::sql_query("SELECT inet_server_port() AS port")
+                .get_result(&mut conn)
+                .await
+                .unwrap();
+            assert_ne!(ran.port, excluded, "a noloadbalance member served a read");
+        }
+    }
+    let running = Running::start(&pool, table);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let old = cluster.leader().await.unwrap().unwrap();
     cluster.switchover(None).await.unwrap();
@@ -223,34 +247,39 @@ async fn a_planned_switchover_is_followed() {
         .wait_for_leader(Duration::from_secs(30), Some(old))
         .await
         .unwrap();
-    check(&cluster, &pool, running, "switched", new_leader, named_at).await;
+    check(&cluster, &pool, running, table, new_leader, named_at).await;
     assert!(pool.stats().topology_changes() >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unplanned_failover_is_followed_and_the_old_leader_serves_reads_again() {
-    let (cluster, pool) = cluster_and_pool("failed_over").await;
-    let running = Running::start(&pool, "failed_over");
+    failover("failed_over", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unplanned_failover_is_followed_through_patronis_rest_api() {
+    failover("failed_over_rest", true).await;
+}
+
+async fn failover(table: &'static str, rest: bool) {
+    let (cluster, pool) = cluster_and_pool(table, rest).await;
+    let running = Running::start(&pool, table);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let old = cluster.kill_leader().await.unwrap();
     let (new_leader, named_at) = cluster
         .wait_for_leader(Duration::from_secs(60), Some(old))
         .await
         .unwrap();
-    check(
-        &cluster,
-        &pool,
-        running,
-        "failed_over",
-        new_leader,
-        named_at,
-    )
-    .await;
+    check(&cluster, &pool, running, table, new_leader, named_at).await;
     cluster.restart_member(old).await.unwrap();
     cluster
         .wait_member_streaming(old, Duration::from_secs(60))
         .await
         .unwrap();
+    if old == 2 {
+        // Member 2 is tagged `noloadbalance`: it serves no reads by design.
+        return;
+    }
     let old_port = port_of(&cluster.member_url(old).unwrap());
     common::until_async("the old leader serves reads", || async {
         let Ok(mut conn) = pool.get().await else {

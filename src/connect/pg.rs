@@ -116,6 +116,12 @@ impl PgEndpoint {
         endpoint
     }
 
+    /// The node's (first) host and port, as the URL names them.
+    #[cfg_attr(not(feature = "patroni"), allow(dead_code))]
+    pub(crate) fn host_port(&self) -> (String, u16) {
+        (self.address.host.clone(), self.address.port)
+    }
+
     /// `label (host:port)`: the node's name in errors and logs.
     pub(crate) fn name(&self) -> &str {
         &self.name

@@ -1,11 +1,13 @@
 //! `SwitchablePool`: one bb8 pool per node, replica balancing, health and fallback.
 
 mod causal;
+mod export;
+#[cfg(feature = "patroni")]
+mod patroni;
 mod topology;
 
 use topology::Primary;
 pub use topology::Topology;
-mod export;
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -60,6 +62,8 @@ struct Health {
     /// A suspicion probe (one new session) is under way.
     suspecting: AtomicBool,
     outstanding: AtomicUsize,
+    /// Patroni tags it `noloadbalance`: no reads.
+    no_load_balance: AtomicBool,
 }
 
 struct NodePool<C: SwitchTarget> {
@@ -188,6 +192,11 @@ impl<C: SwitchTarget> PoolInner<C> {
     /// monitor last saw it.
     fn is_routable(&self, index: usize) -> bool {
         self.is_admitted(index)
+            && !self
+                .replica(index)
+                .health()
+                .no_load_balance
+                .load(Ordering::Relaxed)
             && self
                 .monitor
                 .as_ref()
@@ -720,6 +729,10 @@ pub struct SwitchablePoolBuilder<C: SwitchTarget = AsyncPgConnection> {
     primary: Option<String>,
     replicas: Vec<String>,
     members: Vec<String>,
+    #[cfg(feature = "patroni")]
+    patroni: Vec<String>,
+    #[cfg(feature = "patroni")]
+    patroni_interval: Duration,
     interlock: InterlockMode,
     default_route: Route,
     classifier: Option<Classifier>,
@@ -766,6 +779,10 @@ impl<C: SwitchTarget> Default for SwitchablePoolBuilder<C> {
             primary: None,
             replicas: Vec::new(),
             members: Vec::new(),
+            #[cfg(feature = "patroni")]
+            patroni: Vec::new(),
+            #[cfg(feature = "patroni")]
+            patroni_interval: Duration::from_millis(200),
             interlock: InterlockMode::Switch,
             default_route: Route::Replica,
             classifier: None,
@@ -844,6 +861,32 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
         S: Into<String>,
     {
         self.members = urls.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Follow Patroni's REST API (feature `patroni`): the members' Patroni
+    /// endpoints, e.g. `http://db-1:8008`, for a pool built with
+    /// [`nodes`](Self::nodes). The member Patroni names leader (state `running`) is
+    /// the primary, matched to the `nodes` URLs by host and port; while it names none,
+    /// writes wait; members tagged `noloadbalance` get no reads. Asked every
+    /// [`patroni_interval`](Self::patroni_interval), which notices a change sooner
+    /// than the members' own answers. When no Patroni member answers, the pool falls
+    /// back to those. Default: none.
+    #[cfg(feature = "patroni")]
+    pub fn patroni<I, S>(mut self, rest_urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.patroni = rest_urls.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How often Patroni's REST API is asked who the leader is (feature
+    /// `patroni`). Default: 200 ms.
+    #[cfg(feature = "patroni")]
+    pub fn patroni_interval(mut self, interval: Duration) -> Self {
+        self.patroni_interval = interval;
         self
     }
 
@@ -1159,6 +1202,12 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
                 "nodes() names every member and replaces primary() and replicas(): give one or the other".into(),
             ));
         }
+        #[cfg(feature = "patroni")]
+        if !self.patroni.is_empty() && (!discover || self.patroni_interval.is_zero()) {
+            return Err(Error::InvalidConfig(
+                "patroni() needs nodes() (the members' connection URLs) and a patroni_interval longer than zero".into(),
+            ));
+        }
         let primary_url = match (&self.primary, discover) {
             (_, true) => None,
             (Some(url), false) => Some(url.clone()),
@@ -1249,6 +1298,9 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
                 }
             }
         }
+        #[cfg(feature = "patroni")]
+        let member_addresses: Vec<(String, u16)> =
+            replica_endpoints.iter().map(|e| e.host_port()).collect();
         let monitor_primary = primary_endpoint
             .as_ref()
             .map(|endpoint| NodeTarget::from_endpoint(Arc::clone(endpoint)));
@@ -1365,10 +1417,24 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             let first_round = self.monitor.probe_timeout * 2 + Duration::from_millis(100);
             let _ = tokio::time::timeout(first_round, monitor.wait_next_poll()).await;
             inner.apply_leader(monitor.leader());
-            tokio::spawn(PoolInner::follow(
-                Arc::downgrade(&inner),
-                monitor.leader_changes(),
-            ));
+            #[cfg(feature = "patroni")]
+            let follow_patroni = !self.patroni.is_empty();
+            #[cfg(not(feature = "patroni"))]
+            let follow_patroni = false;
+            if follow_patroni {
+                #[cfg(feature = "patroni")]
+                tokio::spawn(PoolInner::follow_patroni(
+                    Arc::downgrade(&inner),
+                    self.patroni.clone(),
+                    member_addresses,
+                    self.patroni_interval,
+                ));
+            } else {
+                tokio::spawn(PoolInner::follow(
+                    Arc::downgrade(&inner),
+                    monitor.leader_changes(),
+                ));
+            }
         }
         let source: Arc<dyn NodeSource<C>> = Arc::new(Source(Arc::clone(&inner)));
         Ok(SwitchablePool { inner, source })
