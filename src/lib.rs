@@ -208,7 +208,7 @@
 //!
 //! Every connection the crate opens honours them: the node pools, health probes,
 //! causal-read checks, the lag monitor, [`volatile_user_functions`] and
-//! [`SwitchableConnection::establish`]. What a URL cannot say goes on the builder:
+//! `SwitchableConnection::establish` (diesel-async's [`AsyncConnection::establish`](diesel_async::AsyncConnection::establish)). What a URL cannot say goes on the builder:
 //! [`tls_config`](SwitchablePoolBuilder::tls_config) (a rustls configuration of your
 //! own: roots from a secrets store, ALPN),
 //! [`credentials`](SwitchablePoolBuilder::credentials) (an async
@@ -223,6 +223,39 @@
 //! tokens and keys appear in no error, log, `Debug` output or metric. Cancel requests
 //! (for a replica read given up on) carry only the session's cancel key and go over
 //! TLS, unverified, when the session used TLS; libpq sends them in plain text.
+//!
+//! ## Following the cluster (switchover and failover)
+//!
+//! With [`SwitchablePoolBuilder::nodes`] instead of `primary`/`replicas`, the pool is
+//! given the members of one replicated cluster and finds the primary itself: the one
+//! member not in recovery, asked every monitor interval and at once when a primary
+//! checkout fails. The HA engine (Patroni, repmgr, pg_auto_failover, a cloud
+//! provider) decides; the pool follows, as libpq's `target_session_attrs` clients do,
+//! without a proxy. During a change, statements that need the primary wait for the
+//! new one (up to the primary checkout timeout, then [`Error::NoPrimary`]); reads go
+//! on on the replicas; the old primary's sessions are never handed out again, and
+//! once it streams as a replica it serves reads. With feature `patroni`,
+//! [`SwitchablePoolBuilder::patroni`] follows Patroni's REST API instead, which
+//! notices a change sooner and honours `noloadbalance`. Who the primary is, is one
+//! value ([`SwitchablePool::topology`]); changes are counted
+//! ([`StatsSnapshot::topology_changes`], [`StatsSnapshot::primary_gaps`]) and traced.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), diesel_rwsplit::Error> {
+//! use diesel_async::AsyncPgConnection;
+//! use diesel_rwsplit::SwitchablePool;
+//!
+//! let pool = SwitchablePool::<AsyncPgConnection>::builder()
+//!     .nodes(["postgres://app@db-1/app", "postgres://app@db-2/app", "postgres://app@db-3/app"])
+//!     .build()
+//!     .await?;
+//! println!("primary: {:?}", pool.topology().primary);
+//! # Ok(()) }
+//! ```
+//!
+//! A primary URL may also name an endpoint that moves at failover (an RDS or Aurora
+//! writer endpoint): primary sessions are checked read-write at connect, so one that
+//! lands on a replica is refused, never used.
 //!
 //! ## Sizing the pools
 //!

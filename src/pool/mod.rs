@@ -171,6 +171,8 @@ struct PoolInner<C: SwitchTarget> {
     causal_wait: Duration,
     session_window: Duration,
     session_writes: causal::SessionWrites,
+    /// Evidence that the primary moved: whoever follows the cluster looks now.
+    rediscover_now: Arc<tokio::sync::Notify>,
     #[cfg(feature = "metrics")]
     publisher: export::Publisher,
 }
@@ -1400,6 +1402,7 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             causal_wait: self.causal_wait,
             session_window: self.session_window,
             session_writes: causal::SessionWrites::default(),
+            rediscover_now: Arc::default(),
             #[cfg(feature = "metrics")]
             publisher: export::Publisher::default(),
         });

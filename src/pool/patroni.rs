@@ -7,12 +7,12 @@
 //! while Patroni names no leader (a failover being decided), there is none and
 //! writes wait. Patroni changes the leader key before the old leader's PostgreSQL
 //! stops answering as a primary, so the pool stops sending writes there sooner than
-//! SQL polling would notice. Members tagged `noloadbalance` get no reads. When no
+//! SQL polling would notice; a failed primary checkout makes it ask at once. Members tagged `noloadbalance` get no reads. When no
 //! Patroni member answers, the pool falls back to the members' own answers
 //! (`pg_is_in_recovery()`, as without Patroni).
 
 use std::sync::atomic::Ordering;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -101,8 +101,16 @@ impl<C: SwitchTarget> PoolInner<C> {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reachable = true;
+        // Held apart from the pool, so that waiting does not keep a dropped pool alive.
+        let Some(wake) = pool.upgrade().map(|pool| Arc::clone(&pool.rediscover_now)) else {
+            return;
+        };
         loop {
-            ticker.tick().await;
+            // A failed primary checkout asks at once, not at the next tick.
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = wake.notified() => {}
+            }
             let mut answer = None;
             for url in &rest_urls {
                 let request = client.get(format!("{}/cluster", url.trim_end_matches('/')));

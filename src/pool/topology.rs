@@ -186,6 +186,7 @@ impl<C: SwitchTarget> PoolInner<C> {
         if let Some(monitor) = &self.monitor {
             monitor.poll_now();
         }
+        self.rediscover_now.notify_one();
     }
 
     /// A writable session of whichever member is the primary, waiting through a
