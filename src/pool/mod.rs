@@ -25,7 +25,7 @@ use crate::connection::{
 };
 use crate::error::{FailureKind, NodeStep};
 use crate::monitor::{Monitor, MonitorConfig, NodeTarget};
-use crate::router::Router;
+use crate::router::{GroupId, Router};
 use crate::stats::StatsSnapshot;
 use crate::{CredentialsProvider, Error, Route, Target};
 
@@ -69,6 +69,8 @@ struct NodePool<C: SwitchTarget> {
     /// Shared with the node's checked-out connections, which keep its outstanding count.
     health: Arc<Health>,
     weight: u32,
+    /// The replica group it belongs to (`None`: the default group).
+    group: Option<GroupId>,
 }
 
 impl<C: SwitchTarget> NodePool<C> {
@@ -159,6 +161,8 @@ struct PoolInner<C: SwitchTarget> {
     balance: Balance,
     backoff: Backoff,
     fallback_to_primary: bool,
+    /// Some replica belongs to a group: checkouts try the default group first.
+    grouped: bool,
     /// Replication lag awareness (absent without replicas). Dropped with the pool,
     /// which stops its task.
     monitor: Option<Monitor>,
@@ -194,10 +198,28 @@ impl<C: SwitchTarget> PoolInner<C> {
                 .is_none_or(|m| m.is_usable(index, self.max_lag_bytes, self.max_lag))
     }
 
-    /// Admitted replicas in the order they should be tried, per the balancing policy.
+    /// Admitted replicas in the order they should be tried, per the balancing
+    /// policy: with replica groups, those of the default group (no group) first,
+    /// then the others, so that a group's replicas serve the reads routed to them
+    /// and others only when no default replica can.
     fn replica_order(&self, excluding: Option<usize>) -> Vec<usize> {
+        if !self.grouped {
+            return self.order_among(excluding, |_| true);
+        }
+        let mut order = self.order_among(excluding, |i| self.replica(i).group.is_none());
+        order.extend(self.order_among(excluding, |i| self.replica(i).group.is_some()));
+        order
+    }
+
+    /// The routable replicas of `group`, in policy order.
+    fn group_order(&self, group: GroupId) -> Vec<usize> {
+        self.order_among(None, |i| self.replica(i).group == Some(group))
+    }
+
+    /// Routable replicas for which `member` holds, in policy order.
+    fn order_among(&self, excluding: Option<usize>, member: impl Fn(usize) -> bool) -> Vec<usize> {
         let mut admitted: Vec<usize> = (0..self.replicas.len())
-            .filter(|i| Some(*i) != excluding && self.is_routable(*i))
+            .filter(|i| Some(*i) != excluding && member(*i) && self.is_routable(*i))
             .collect();
         if admitted.len() <= 1 {
             return admitted;
@@ -365,6 +387,17 @@ impl<C: SwitchTarget> PoolInner<C> {
         None
     }
 
+    /// Check out a replica of `group`, trying its routable replicas in policy order.
+    /// `None`: none of them could be checked out.
+    async fn checkout_group_replica(self: &Arc<Self>, group: GroupId) -> Option<ReplicaLease<C>> {
+        for index in self.group_order(group) {
+            if let Some(lease) = self.checkout_replica_at(index).await {
+                return Some(lease);
+            }
+        }
+        None
+    }
+
     /// Check out replica `index`. A replica that fails is ejected; one that is
     /// only saturated (every connection busy for the checkout timeout) is not, and
     /// the caller moves on to the next node. Cancel-safe.
@@ -385,6 +418,7 @@ impl<C: SwitchTarget> PoolInner<C> {
                     handle,
                     index,
                     name: Arc::clone(&node.name),
+                    group: node.group,
                 })
             }
             Err(failure) if !failure.kind.is_node_failure() => {
@@ -460,6 +494,11 @@ impl<C: SwitchTarget> NodeSource<C> for Source<C> {
 
     fn replica_suspect(&self, index: usize, why: &str) {
         self.0.suspect(index, why);
+    }
+
+    fn acquire_group_replica(&self, group: GroupId) -> BoxFuture<'static, Option<ReplicaLease<C>>> {
+        let inner = Arc::clone(&self.0);
+        async move { inner.checkout_group_replica(group).await }.boxed()
     }
 }
 
@@ -720,6 +759,8 @@ pub struct SwitchablePoolBuilder<C: SwitchTarget = AsyncPgConnection> {
     primary: Option<String>,
     replicas: Vec<String>,
     members: Vec<String>,
+    /// `replica_group` calls: (replica index, group), in order.
+    replica_groups: Vec<(usize, String)>,
     interlock: InterlockMode,
     default_route: Route,
     classifier: Option<Classifier>,
@@ -766,6 +807,7 @@ impl<C: SwitchTarget> Default for SwitchablePoolBuilder<C> {
             primary: None,
             replicas: Vec::new(),
             members: Vec::new(),
+            replica_groups: Vec::new(),
             interlock: InterlockMode::Switch,
             default_route: Route::Replica,
             classifier: None,
@@ -844,6 +886,43 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
         S: Into<String>,
     {
         self.members = urls.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Put replica `index` (zero-based, in the order of [`replicas`](Self::replicas),
+    /// or of [`nodes`](Self::nodes): a member's index, whatever its role; a member
+    /// that is the primary serves no reads anyway) in the replica group `group`.
+    /// A replica belongs to at most one group: a later call for the same index
+    /// replaces the group. Replicas without one form the default group.
+    ///
+    /// Reads go to a group when the classifier's
+    /// [`group_rule`](crate::classify::ClassifierBuilder::group_rule) or
+    /// [`heavy_reads`](crate::classify::ClassifierBuilder::heavy_reads) rules route
+    /// them there (see the crate docs, "Replica groups"). Everything else prefers
+    /// the default group: a replica-first connection is checked out from a replica
+    /// without a group while one is usable, so a group's replicas are kept for the
+    /// reads routed to them. `group`: 1 to 64 ASCII letters, digits, `_`, `-`, `.`.
+    /// An index past the last replica, or a bad name, fails the
+    /// [`build`](Self::build) with [`Error::InvalidConfig`]. Default: no group (every
+    /// replica in the default group; selection exactly as without groups).
+    ///
+    /// ```no_run
+    /// # async fn demo(primary: &str, replicas: Vec<String>) -> Result<(), diesel_rwsplit::Error> {
+    /// use diesel_async::AsyncPgConnection;
+    /// use diesel_rwsplit::classify::{Classifier, Dialect};
+    /// use diesel_rwsplit::SwitchablePool;
+    ///
+    /// let pool = SwitchablePool::<AsyncPgConnection>::builder()
+    ///     .primary(primary)
+    ///     .replicas(replicas)          // replica1, replica2
+    ///     .replica_group(1, "analytics")
+    ///     .classifier(Classifier::builder(Dialect::Postgres).heavy_reads(3, "analytics").build()?)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn replica_group(mut self, index: usize, group: impl Into<String>) -> Self {
+        self.replica_groups.push((index, group.into()));
         self
     }
 
@@ -1205,6 +1284,36 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
                 )));
             }
         }
+        let mut replica_group_ids: Vec<Option<GroupId>> = vec![None; reader_urls.len()];
+        let mut replica_group_names: Vec<Arc<str>> = Vec::new();
+        {
+            let mut chosen: Vec<Option<&str>> = vec![None; reader_urls.len()];
+            for (index, group) in &self.replica_groups {
+                if !crate::classify::valid_group_name(group) {
+                    return Err(Error::InvalidConfig(format!(
+                        "{group:?} is not a replica group name (1 to 64 ASCII letters, digits, '_', '-', '.')"
+                    )));
+                }
+                let Some(slot) = chosen.get_mut(*index) else {
+                    return Err(Error::InvalidConfig(format!(
+                        "replica_group({index}, {group:?}): there are {} {label}s (indexes from 0)",
+                        reader_urls.len()
+                    )));
+                };
+                *slot = Some(group.as_str());
+            }
+            for (index, group) in chosen.into_iter().enumerate() {
+                let Some(group) = group else { continue };
+                let id = match replica_group_names.iter().position(|n| &**n == group) {
+                    Some(id) => id,
+                    None => {
+                        replica_group_names.push(Arc::from(group));
+                        replica_group_names.len() - 1
+                    }
+                };
+                replica_group_ids[index] = Some(id);
+            }
+        }
         let primary_endpoint = match &primary_url {
             Some(url) => Some(Arc::new(PgEndpoint::new("primary", url, &self.connect)?)),
             None => None,
@@ -1298,14 +1407,16 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
                 Balance::Weighted(weights) => weights[index],
                 _ => 1,
             };
-            replicas.push(node_pool::<C>(
+            let mut replica = node_pool::<C>(
                 endpoint,
                 Some(C::READ_ONLY_SESSION_SQL),
                 self.replica_settings,
                 self.on_connect.clone(),
                 weight,
                 false,
-            ));
+            );
+            replica.group = replica_group_ids[index];
+            replicas.push(replica);
         }
         #[cfg(feature = "testing")]
         if let Some(faults) = &self.faults {
@@ -1326,7 +1437,18 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             .replica_settings
             .statement_timeout
             .map(|timeout| timeout + REPLICA_READ_GRACE);
-        let router = Router::new(classifier, self.interlock, self.read_retry, read_bound);
+        for group in classifier.group_names() {
+            if !replica_group_names.contains(group) {
+                tracing::warn!(target: "diesel_rwsplit::pool", group = %group, "the classifier routes reads to a replica group no replica belongs to: they will all be served by other replicas (counted as group fallbacks)");
+            }
+        }
+        let router = Router::new(
+            classifier,
+            self.interlock,
+            self.read_retry,
+            read_bound,
+            &replica_group_names,
+        );
         let seed = u64::from(std::process::id()) << 32
             | u64::from(Instant::now().elapsed().subsec_nanos())
             | 1;
@@ -1341,6 +1463,7 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             balance: self.balance,
             backoff: self.backoff,
             fallback_to_primary: self.fallback_to_primary,
+            grouped: !replica_group_names.is_empty(),
             monitor: (!monitored.is_empty())
                 .then(|| Monitor::spawn(monitor_primary, monitored, self.monitor)),
             max_lag_bytes: self.max_lag_bytes,
@@ -1400,6 +1523,7 @@ fn node_pool<C: SwitchTarget>(
         pool,
         health: Arc::default(),
         weight,
+        group: None,
     }
 }
 
