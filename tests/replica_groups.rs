@@ -280,3 +280,61 @@ async fn heavy_reads_fall_back_to_the_default_group_when_the_group_is_down() {
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
     cluster.thaw_replica(1).await.unwrap();
 }
+
+#[tokio::test]
+async fn each_group_keeps_its_own_rotation_and_a_retry_stays_in_the_group() {
+    let cluster = shared_cluster();
+    create_table(
+        cluster,
+        "CREATE TABLE grp_rot_users (id INT PRIMARY KEY); \
+         CREATE TABLE grp_rot_orders (id INT PRIMARY KEY, user_id INT NOT NULL); \
+         INSERT INTO grp_rot_users VALUES (1), (2); \
+         INSERT INTO grp_rot_orders VALUES (1, 1), (2, 2)",
+    )
+    .await;
+    let urls = cluster.replica_urls();
+    let ports: Vec<i32> = urls.iter().map(|u| port_of(u)).collect();
+    // Four node pools over two servers: 0 and 1 (replica 1) in the default
+    // group, 2 and 3 (replica 2) in analytics.
+    let pool = SwitchablePool::<AsyncPgConnection>::builder()
+        .primary(cluster.primary_url())
+        .replicas([&urls[0], &urls[0], &urls[1], &urls[1]])
+        .replica_group(2, "analytics")
+        .replica_group(3, "analytics")
+        .classifier(
+            Classifier::builder(Dialect::Postgres)
+                .heavy_reads(2, "analytics")
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .await
+        .unwrap();
+    let heavy = "SELECT inet_server_port() AS port, count(*) AS n FROM grp_rot_orders o \
+                 JOIN grp_rot_users u ON u.id = o.user_id GROUP BY u.id";
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(pool.get().await.unwrap());
+    }
+    // Round robin over the default group alone.
+    assert_eq!(pool.replica_checked_out(), [2, 2, 0, 0]);
+    for conn in &mut held {
+        let rows: Vec<PortCount> = diesel::sql_query(heavy).load(conn).await.unwrap();
+        assert_eq!(rows[0].port, ports[1]);
+    }
+    // Each moved to the group, round robin over its replicas; the default
+    // group's leases went back.
+    assert_eq!(pool.replica_checked_out(), [0, 0, 2, 2]);
+    assert_eq!(pool.stats().group_reads("analytics"), 4);
+
+    // A read whose group session is lost is retried on another replica of the
+    // group first.
+    let conn = &mut held[0];
+    let pid = common::backend_pid(conn).await;
+    common::terminate(&urls[1], pid).await;
+    let rows: Vec<PortCount> = diesel::sql_query(heavy).load(conn).await.unwrap();
+    assert_eq!(rows[0].port, ports[1]);
+    assert_eq!(pool.stats().read_retries(), 1);
+    let checked_out = pool.replica_checked_out();
+    assert_eq!(checked_out[0] + checked_out[1], 0, "{checked_out:?}");
+}

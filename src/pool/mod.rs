@@ -155,6 +155,11 @@ struct PoolInner<C: SwitchTarget> {
     primary: Primary<C>,
     replicas: Vec<NodePool<C>>,
     next_replica: AtomicUsize,
+    /// Round-robin cursors of each replica group's replicas (by group id), and of
+    /// the grouped replicas as a whole when the default group cannot serve: each
+    /// rotation keeps its own, so that one does not skew another.
+    next_in_group: Box<[AtomicUsize]>,
+    next_grouped: AtomicUsize,
     random_state: AtomicU64,
     router: Arc<Router<C>>,
     default_route: Route,
@@ -203,21 +208,36 @@ impl<C: SwitchTarget> PoolInner<C> {
     /// then the others, so that a group's replicas serve the reads routed to them
     /// and others only when no default replica can.
     fn replica_order(&self, excluding: Option<usize>) -> Vec<usize> {
+        let cursor = &self.next_replica;
         if !self.grouped {
-            return self.order_among(excluding, |_| true);
+            return self.order_among(excluding, |_| true, cursor);
         }
-        let mut order = self.order_among(excluding, |i| self.replica(i).group.is_none());
-        order.extend(self.order_among(excluding, |i| self.replica(i).group.is_some()));
+        let mut order = self.order_among(excluding, |i| self.replica(i).group.is_none(), cursor);
+        order.extend(self.order_among(
+            excluding,
+            |i| self.replica(i).group.is_some(),
+            &self.next_grouped,
+        ));
         order
     }
 
-    /// The routable replicas of `group`, in policy order.
-    fn group_order(&self, group: GroupId) -> Vec<usize> {
-        self.order_among(None, |i| self.replica(i).group == Some(group))
+    /// The routable replicas of `group`, in policy order, `excluding` one.
+    fn group_order(&self, group: GroupId, excluding: Option<usize>) -> Vec<usize> {
+        let Some(cursor) = self.next_in_group.get(group) else {
+            // A group the classifier names and no replica carries.
+            return Vec::new();
+        };
+        self.order_among(excluding, |i| self.replica(i).group == Some(group), cursor)
     }
 
-    /// Routable replicas for which `member` holds, in policy order.
-    fn order_among(&self, excluding: Option<usize>, member: impl Fn(usize) -> bool) -> Vec<usize> {
+    /// Routable replicas for which `member` holds, in policy order; `cursor` is
+    /// the rotation of this set of replicas.
+    fn order_among(
+        &self,
+        excluding: Option<usize>,
+        member: impl Fn(usize) -> bool,
+        cursor: &AtomicUsize,
+    ) -> Vec<usize> {
         let mut admitted: Vec<usize> = (0..self.replicas.len())
             .filter(|i| Some(*i) != excluding && member(*i) && self.is_routable(*i))
             .collect();
@@ -225,9 +245,7 @@ impl<C: SwitchTarget> PoolInner<C> {
             return admitted;
         }
         let first = match &self.balance {
-            Balance::RoundRobin => {
-                self.next_replica.fetch_add(1, Ordering::Relaxed) % admitted.len()
-            }
+            Balance::RoundRobin => cursor.fetch_add(1, Ordering::Relaxed) % admitted.len(),
             Balance::Random => (self.random() % admitted.len() as u64) as usize,
             Balance::LeastOutstanding => {
                 let load = |i: &usize| {
@@ -241,7 +259,7 @@ impl<C: SwitchTarget> PoolInner<C> {
                 let tied: Vec<usize> = (0..admitted.len())
                     .filter(|p| load(&admitted[*p]) == least)
                     .collect();
-                tied[self.next_replica.fetch_add(1, Ordering::Relaxed) % tied.len()]
+                tied[cursor.fetch_add(1, Ordering::Relaxed) % tied.len()]
             }
             Balance::LeastLag => {
                 let lag = |i: &usize| {
@@ -379,6 +397,21 @@ impl<C: SwitchTarget> PoolInner<C> {
         self: &Arc<Self>,
         excluding: Option<usize>,
     ) -> Option<ReplicaLease<C>> {
+        // A read retried after its replica failed goes to another replica of the
+        // same group first, if it had one, then to the others.
+        if let Some(group) = excluding.and_then(|failed| self.replica(failed).group) {
+            let others: Vec<usize> = self
+                .replica_order(excluding)
+                .into_iter()
+                .filter(|i| self.replica(*i).group != Some(group))
+                .collect();
+            for index in self.group_order(group, excluding).into_iter().chain(others) {
+                if let Some(lease) = self.checkout_replica_at(index).await {
+                    return Some(lease);
+                }
+            }
+            return None;
+        }
         for index in self.replica_order(excluding) {
             if let Some(lease) = self.checkout_replica_at(index).await {
                 return Some(lease);
@@ -390,7 +423,7 @@ impl<C: SwitchTarget> PoolInner<C> {
     /// Check out a replica of `group`, trying its routable replicas in policy order.
     /// `None`: none of them could be checked out.
     async fn checkout_group_replica(self: &Arc<Self>, group: GroupId) -> Option<ReplicaLease<C>> {
-        for index in self.group_order(group) {
+        for index in self.group_order(group, None) {
             if let Some(lease) = self.checkout_replica_at(index).await {
                 return Some(lease);
             }
@@ -1457,6 +1490,11 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             primary,
             replicas,
             next_replica: AtomicUsize::new(0),
+            next_in_group: replica_group_names
+                .iter()
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
+            next_grouped: AtomicUsize::new(0),
             random_state: AtomicU64::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
             router,
             default_route: self.default_route,
