@@ -338,3 +338,43 @@ async fn each_group_keeps_its_own_rotation_and_a_retry_stays_in_the_group() {
     let checked_out = pool.replica_checked_out();
     assert_eq!(checked_out[0] + checked_out[1], 0, "{checked_out:?}");
 }
+
+#[tokio::test]
+async fn groups_index_the_members_of_a_followed_cluster() {
+    let cluster = shared_cluster();
+    create_table(
+        cluster,
+        "CREATE TABLE grp_nodes_a (id INT PRIMARY KEY); CREATE TABLE grp_nodes_b (id INT PRIMARY KEY); \
+         INSERT INTO grp_nodes_a VALUES (1); INSERT INTO grp_nodes_b VALUES (1)",
+    )
+    .await;
+    let urls = cluster.replica_urls();
+    let ports: Vec<i32> = urls.iter().map(|u| port_of(u)).collect();
+    // Members: the primary (index 0, never a reader), replica 1, replica 2.
+    let pool = SwitchablePool::<AsyncPgConnection>::builder()
+        .nodes([cluster.primary_url(), urls[0].clone(), urls[1].clone()])
+        .replica_group(2, "analytics")
+        .classifier(
+            Classifier::builder(Dialect::Postgres)
+                .heavy_reads(2, "analytics")
+                .build()
+                .unwrap(),
+        )
+        .monitor_interval(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        let mut conn = pool.get().await.unwrap();
+        assert_eq!(server_port(&mut conn).await, ports[0]);
+        let rows: Vec<PortCount> = diesel::sql_query(
+            "SELECT inet_server_port() AS port, count(*) AS n FROM grp_nodes_a a \
+             JOIN grp_nodes_b b USING (id) GROUP BY 1",
+        )
+        .load(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!((rows[0].port, rows[0].n), (ports[1], 1));
+    }
+    assert_eq!(pool.stats().group_reads("analytics"), 4);
+}
