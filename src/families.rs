@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 
-use crate::stats::{CausalOutcome, StatsSnapshot};
+use crate::stats::{CausalOutcome, GroupCount, StatsSnapshot};
 use crate::{ReplicaStatus, SwitchReason, Target};
 
 /// Prometheus metric type of a family.
@@ -39,6 +39,9 @@ enum Counts {
     ByTarget(fn(&StatsSnapshot, Target) -> u64),
     /// One sample per [`CausalOutcome`], label `outcome`.
     ByOutcome(fn(&StatsSnapshot, CausalOutcome) -> u64),
+    /// One sample per replica group, label `group`; a pool without groups has no
+    /// sample and the family is left out (its text stays as it was).
+    ByGroup(fn(&GroupCount) -> u64),
 }
 
 struct CounterFamily {
@@ -51,7 +54,7 @@ const fn counter(name: &'static str, help: &'static str, counts: Counts) -> Coun
     CounterFamily { name, help, counts }
 }
 
-use Counts::{ByOutcome, ByReason, ByTarget, Single};
+use Counts::{ByGroup, ByOutcome, ByReason, ByTarget, Single};
 
 /// Every counter of a [`StatsSnapshot`], in the order of the Prometheus text. A new
 /// counter is one entry here, e.g.
@@ -79,6 +82,8 @@ const COUNTERS: &[CounterFamily] = &[
     counter("rwsplit_no_primary_total", "Statements that needed the primary and failed because no member was the primary.", Single(StatsSnapshot::no_primary_refusals)),
     counter("rwsplit_primary_gaps_total", "Primary outages seen by writers, from the first failed primary checkout to the next that succeeded.", Single(|s| s.primary_gaps().0)),
     counter("rwsplit_primary_gap_milliseconds_total", "Time writers spent without a primary, summed over the outages.", Single(|s| u64::try_from(s.primary_gaps().1.as_millis()).unwrap_or(u64::MAX))),
+    counter("rwsplit_group_reads_total", "Reads routed to a replica group and served by one of its replicas, by group.", ByGroup(|g| g.reads)),
+    counter("rwsplit_group_fallbacks_total", "Reads routed to a replica group and served by another replica because none of the group's could, by group.", ByGroup(|g| g.fallbacks)),
 ];
 
 /// One replica as the per-replica gauges see it: the lag monitor's last view and
@@ -129,7 +134,8 @@ impl fmt::Display for Value {
     }
 }
 
-/// One sample of a family: at most one label (`reason`, `target`, `outcome`, `node`).
+/// One sample of a family: at most one label (`reason`, `target`, `outcome`, `node`,
+/// `group`).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Sample {
     pub(crate) label: Option<(&'static str, Cow<'static, str>)>,
@@ -180,6 +186,14 @@ impl CounterFamily {
                     value(stats, o)
                 })
             }
+            ByGroup(value) => stats
+                .groups()
+                .iter()
+                .map(|group| Sample {
+                    label: Some(("group", Cow::Owned(group.group.clone()))),
+                    value: Value::Count(value(group)),
+                })
+                .collect(),
         }
     }
 }
@@ -193,12 +207,15 @@ fn node_label(name: &str) -> String {
 /// Every family: the counters of `stats`, then, when `replicas` is given (a pool's
 /// view, even with no replica), the per-replica gauges.
 pub(crate) fn families(stats: &StatsSnapshot, replicas: Option<&[ReplicaGauges]>) -> Vec<Family> {
-    let counters = COUNTERS.iter().map(|family| Family {
-        name: family.name,
-        help: family.help,
-        kind: Kind::Counter,
-        samples: family.samples(stats),
-    });
+    let counters = COUNTERS
+        .iter()
+        .filter(|family| !matches!(family.counts, ByGroup(_)) || !stats.groups().is_empty())
+        .map(|family| Family {
+            name: family.name,
+            help: family.help,
+            kind: Kind::Counter,
+            samples: family.samples(stats),
+        });
     let gauges = replicas.into_iter().flat_map(|replicas| {
         REPLICA_GAUGES.iter().map(move |family| Family {
             name: family.name,
@@ -409,6 +426,39 @@ rwsplit_replica_in_rotation{node=\"replica2\"} 0
         // Without replicas a pool still prints the gauge families, with no sample.
         let empty = to_prometheus(&families(&busy_stats(), Some(&[])));
         assert!(empty.ends_with("# TYPE rwsplit_replica_in_rotation gauge\n"));
+    }
+
+    #[test]
+    fn group_families_appear_only_with_groups() {
+        let plain = busy_stats().to_prometheus();
+        assert!(!plain.contains("rwsplit_group_"), "{plain}");
+        let names: Vec<std::sync::Arc<str>> = vec!["analytics".into(), "eu-1".into()];
+        let stats = Stats::with_groups(&names);
+        stats.record_group_read(0);
+        stats.record_group_read(0);
+        stats.record_group_fallback(0);
+        stats.record_group_fallback(1);
+        stats.record_group_read(7); // unknown: ignored
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot.group_reads("analytics"), 2);
+        assert_eq!(snapshot.group_fallbacks("analytics"), 1);
+        assert_eq!(snapshot.group_fallbacks("eu-1"), 1);
+        assert_eq!(snapshot.group_reads("nope"), 0);
+        let text = snapshot.to_prometheus();
+        let groups = &text[text.find("# HELP rwsplit_group_reads_total").unwrap()..];
+        assert_eq!(
+            groups,
+            "\
+# HELP rwsplit_group_reads_total Reads routed to a replica group and served by one of its replicas, by group.
+# TYPE rwsplit_group_reads_total counter
+rwsplit_group_reads_total{group=\"analytics\"} 2
+rwsplit_group_reads_total{group=\"eu-1\"} 0
+# HELP rwsplit_group_fallbacks_total Reads routed to a replica group and served by another replica because none of the group's could, by group.
+# TYPE rwsplit_group_fallbacks_total counter
+rwsplit_group_fallbacks_total{group=\"analytics\"} 1
+rwsplit_group_fallbacks_total{group=\"eu-1\"} 1
+"
+        );
     }
 
     #[test]

@@ -101,6 +101,59 @@
 //!    the hot spots can be fixed at the source (e.g. with an explicit
 //!    [`SwitchableConnection::switch_to_primary`] or `get_primary()`).
 //!
+//! ## Replica groups
+//!
+//! Replicas can be put in named groups ([`SwitchablePoolBuilder::replica_group`]),
+//! and the classifier can route reads to a group: by a regular expression on the
+//! statement ([`classify::ClassifierBuilder::group_rule`]) or by how heavy the read
+//! looks ([`classify::ClassifierBuilder::heavy_reads`]: 1 per `JOIN`, subquery,
+//! `GROUP BY`, `HAVING` and window function, from the lexer, no parser), say to an
+//! `analytics` replica. Only statements judged to be reads are routed: a heavy
+//! write, a locking read or anything doubtful still goes to the primary.
+//!
+//! - A read routed to group G runs on a routable replica of G (per the balancing
+//!   policy among them). If the connection is on a replica of another group, it
+//!   moves to one of G's for that read, as a read retry moves (the old replica goes
+//!   back to its pool once the new one is in hand), and stays there for the rest of
+//!   the unit of work. If none of G's replicas can serve (ejected, unreachable,
+//!   lagging, promoted), the read runs on the connection's replica: a *group
+//!   fallback*; with every replica out, the primary serves as without groups.
+//! - Everything else prefers the default group (the replicas without a group): a
+//!   replica-first connection is checked out from one of them while one is usable,
+//!   then from any replica. So a group's replicas serve the reads routed to them,
+//!   and others only when the default group cannot.
+//! - A connection on the primary stays there, and a read-only transaction stays
+//!   on its replica: groups change neither. Raw SQL (`batch_execute`) is not routed.
+//! - Counted per group: [`StatsSnapshot::group_reads`],
+//!   [`StatsSnapshot::group_fallbacks`], and the metric families
+//!   `rwsplit_group_reads_total{group="..."}` and
+//!   `rwsplit_group_fallbacks_total{group="..."}` (absent for pools without groups).
+//! - Cost: a pool whose classifier has no group rules pays one `Option` check per
+//!   replica read. With group rules, each replica read is matched against them
+//!   (the complexity score is one more pass of the lexer) and rendered to owned
+//!   data, as read retry does.
+//!
+//! ```no_run
+//! # async fn demo(primary: &str, replicas: Vec<String>) -> Result<(), diesel_rwsplit::Error> {
+//! use diesel_async::AsyncPgConnection;
+//! use diesel_rwsplit::classify::{Classifier, Dialect};
+//! use diesel_rwsplit::SwitchablePool;
+//!
+//! let classifier = Classifier::builder(Dialect::Postgres)
+//!     .group_rule(r"(?i)\bfrom\s+monthly_report\b", "analytics")
+//!     .heavy_reads(3, "analytics")       // e.g. two JOINs and a GROUP BY
+//!     .build()?;
+//! let pool = SwitchablePool::<AsyncPgConnection>::builder()
+//!     .primary(primary)
+//!     .replicas(replicas)                // replica 0, replica 1, replica 2
+//!     .replica_group(2, "analytics")     // replica 2 takes the heavy reads
+//!     .classifier(classifier)
+//!     .build()
+//!     .await?;
+//! println!("{} heavy reads", pool.stats().group_reads("analytics"));
+//! # Ok(()) }
+//! ```
+//!
 //! ## Read-your-writes
 //!
 //! - Within a unit of work (one checkout): once a connection has written it stays on
@@ -346,7 +399,7 @@ pub use pool::{
 };
 pub use report::{AuditEntry, AuditReport};
 pub use route::{Route, SwitchReason, Target};
-pub use stats::{CausalOutcome, FingerprintCount, StatsSnapshot};
+pub use stats::{CausalOutcome, FingerprintCount, GroupCount, StatsSnapshot};
 mod consistency;
 mod monitor;
 pub use catalog::volatile_user_functions;

@@ -69,6 +69,20 @@ pub(crate) struct Router<C: SwitchTarget> {
     /// `refused` is not empty: checked before any fingerprint is computed, so
     /// that the remembering costs nothing until a replica has refused something.
     any_refused: AtomicBool,
+    /// Replica group routing, only when the classifier has group rules: a plain
+    /// read checks this one `Option` and nothing else.
+    pub(crate) groups: Option<ReadGroups>,
+}
+
+/// The pool's id of a replica group: its position in the group list (the
+/// replicas' groups in the order first given, then the classifier's other ones).
+pub(crate) type GroupId = usize;
+
+/// How the classifier's groups map to the pool's.
+#[derive(Debug)]
+pub(crate) struct ReadGroups {
+    /// The pool's group id of each of the classifier's group names, by position.
+    ids: Box<[GroupId]>,
 }
 
 impl<C: SwitchTarget> std::fmt::Debug for Router<C> {
@@ -81,23 +95,47 @@ impl<C: SwitchTarget> std::fmt::Debug for Router<C> {
 }
 
 impl<C: SwitchTarget> Router<C> {
+    /// `replica_groups`: the groups the replicas carry (empty: none), each once.
     pub(crate) fn new(
         classifier: Classifier,
         mode: InterlockMode,
         read_retry: bool,
         replica_read_timeout: Option<std::time::Duration>,
+        replica_groups: &[Arc<str>],
     ) -> Arc<Self> {
+        let mut names = replica_groups.to_vec();
+        let ids: Box<[GroupId]> = classifier
+            .group_names()
+            .iter()
+            .map(|name| match names.iter().position(|n| n == name) {
+                Some(id) => id,
+                None => {
+                    names.push(Arc::clone(name));
+                    names.len() - 1
+                }
+            })
+            .collect();
+        let groups = (!ids.is_empty()).then_some(ReadGroups { ids });
         Arc::new(Router {
             classifier,
             mode,
             read_retry,
             verdicts: ArcSwap::from_pointee(TypeMap::default()),
             render_ctx: Default::default(),
-            stats: Stats::default(),
+            stats: Stats::with_groups(&names),
             replica_read_timeout,
             refused: ArcSwap::from_pointee(HashSet::new()),
             any_refused: AtomicBool::new(false),
+            groups,
         })
+    }
+
+    /// The replica group a read (judged a replica read) should be served by, if
+    /// the classifier's group rules route it to one.
+    pub(crate) fn read_group(&self, groups: &ReadGroups, sql: &str) -> Option<GroupId> {
+        self.classifier
+            .group_index(sql)
+            .map(|index| groups.ids[index])
     }
 
     /// The classifier's verdict, unless a replica already refused a statement with

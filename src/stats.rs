@@ -6,7 +6,7 @@
 //! fingerprint hash so that no flip waits on a lock shared by the whole pool.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::{SwitchReason, Target};
@@ -73,6 +73,16 @@ pub(crate) struct Stats {
     primary_gap_millis: AtomicU64,
     last_primary_gap_millis: AtomicU64,
     top: TopFingerprints,
+    /// One entry per replica group, by group id (empty without groups).
+    groups: Box<[GroupCounters]>,
+}
+
+/// The counters of one replica group.
+#[derive(Debug)]
+struct GroupCounters {
+    name: Arc<str>,
+    reads: AtomicU64,
+    fallbacks: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -91,6 +101,36 @@ fn target_index(target: Target) -> usize {
 }
 
 impl Stats {
+    /// Counters for these replica groups (group id = position).
+    pub(crate) fn with_groups(names: &[Arc<str>]) -> Self {
+        Stats {
+            groups: names
+                .iter()
+                .map(|name| GroupCounters {
+                    name: Arc::clone(name),
+                    reads: AtomicU64::new(0),
+                    fallbacks: AtomicU64::new(0),
+                })
+                .collect(),
+            ..Stats::default()
+        }
+    }
+
+    /// A read routed to replica group `group` ran on one of its replicas.
+    pub(crate) fn record_group_read(&self, group: usize) {
+        if let Some(counters) = self.groups.get(group) {
+            bump(&counters.reads);
+        }
+    }
+
+    /// A read routed to replica group `group` ran on another replica: none of the
+    /// group's could serve it.
+    pub(crate) fn record_group_fallback(&self, group: usize) {
+        if let Some(counters) = self.groups.get(group) {
+            bump(&counters.fallbacks);
+        }
+    }
+
     /// An automatic or explicit flip to the primary.
     pub(crate) fn record_switch(&self, reason: SwitchReason, fingerprint: Option<(u64, &str)>) {
         bump(&self.switches[reason.index()]);
@@ -234,8 +274,31 @@ impl Stats {
             primary_gap_millis: read(&self.primary_gap_millis),
             last_primary_gap_millis: read(&self.last_primary_gap_millis),
             fingerprints: self.top.entries(),
+            groups: self
+                .groups
+                .iter()
+                .map(|g| GroupCount {
+                    group: g.name.to_string(),
+                    reads: read(&g.reads),
+                    fallbacks: read(&g.fallbacks),
+                })
+                .collect(),
         }
     }
+}
+
+/// The counters of one replica group (see
+/// [`SwitchablePoolBuilder::replica_group`](crate::SwitchablePoolBuilder::replica_group)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupCount {
+    /// The group's name.
+    pub group: String,
+    /// Reads routed to the group that one of its replicas served.
+    pub reads: u64,
+    /// Reads routed to the group that another replica served, because none of the
+    /// group's could.
+    pub fallbacks: u64,
 }
 
 /// A point-in-time copy of a pool's counters. Cheap to take; never blocks a statement.
@@ -267,6 +330,7 @@ pub struct StatsSnapshot {
     primary_gap_millis: u64,
     last_primary_gap_millis: u64,
     fingerprints: Vec<FingerprintCount>,
+    groups: Vec<GroupCount>,
 }
 
 impl StatsSnapshot {
@@ -390,6 +454,32 @@ impl StatsSnapshot {
     pub fn last_primary_gap(&self) -> Option<std::time::Duration> {
         (self.primary_gaps > 0)
             .then(|| std::time::Duration::from_millis(self.last_primary_gap_millis))
+    }
+
+    /// Reads routed to replica group `group` (by a
+    /// [`group_rule`](crate::classify::ClassifierBuilder::group_rule) or
+    /// [`heavy_reads`](crate::classify::ClassifierBuilder::heavy_reads)) that one of the
+    /// group's replicas served. 0 for a group the pool does not know.
+    pub fn group_reads(&self, group: &str) -> u64 {
+        self.group(group).map_or(0, |g| g.reads)
+    }
+
+    /// Reads routed to replica group `group` that another replica served because
+    /// none of the group's could (all ejected, unreachable, lagging or promoted).
+    /// 0 for a group the pool does not know.
+    pub fn group_fallbacks(&self, group: &str) -> u64 {
+        self.group(group).map_or(0, |g| g.fallbacks)
+    }
+
+    /// Every replica group's counters: the groups of the replicas, in the order
+    /// first given, then any other group the classifier's rules name. Empty when no
+    /// group is configured.
+    pub fn groups(&self) -> &[GroupCount] {
+        &self.groups
+    }
+
+    fn group(&self, group: &str) -> Option<&GroupCount> {
+        self.groups.iter().find(|g| g.group == group)
     }
 
     /// The `n` statement fingerprints that tripped the interlock most often (flips in

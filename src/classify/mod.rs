@@ -35,6 +35,7 @@
 //! assert_eq!(c.classify("/* route=/users */ DELETE FROM users"), Verdict::Primary(SwitchReason::WriteStatement));
 //! ```
 
+mod complexity;
 mod fingerprint;
 mod functions;
 mod lexer;
@@ -149,6 +150,40 @@ pub(crate) struct Extensions {
     pub(crate) write: Vec<UserFunction>,
     pub(crate) read_only: Vec<UserFunction>,
     pub(crate) rules: Vec<(Regex, Target)>,
+    /// Replica group routing (never consulted by [`Classifier::classify`]).
+    groups: GroupRouting,
+}
+
+/// Which replica group a read goes to: rules naming groups by index in `names`.
+#[derive(Debug, Default)]
+struct GroupRouting {
+    /// Every group a rule names, each once, in the order first named.
+    names: Vec<Arc<str>>,
+    /// `group_rule`s, in the order added.
+    patterns: Vec<(Regex, usize)>,
+    /// `heavy_reads` rules (threshold, group), in the order added.
+    heavy: Vec<(u32, usize)>,
+}
+
+impl GroupRouting {
+    fn index_of(&mut self, name: &str) -> usize {
+        match self.names.iter().position(|n| &**n == name) {
+            Some(index) => index,
+            None => {
+                self.names.push(Arc::from(name));
+                self.names.len() - 1
+            }
+        }
+    }
+}
+
+/// Whether `name` can name a replica group: 1 to 64 ASCII letters, digits, `_`,
+/// `-` or `.` (it appears as a metric label value).
+pub(crate) fn valid_group_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 impl Classifier {
@@ -169,6 +204,7 @@ impl Classifier {
             write: Vec::new(),
             read_only: Vec::new(),
             rules: Vec::new(),
+            heavy: Vec::new(),
         }
     }
 
@@ -199,6 +235,78 @@ impl Classifier {
         .verdict(sql)
     }
 
+    /// The replica group a read should be served by, or `None` for any replica
+    /// (the default group): the group of the first
+    /// [`group_rule`](ClassifierBuilder::group_rule) whose pattern matches, else of
+    /// the first [`heavy_reads`](ClassifierBuilder::heavy_reads) rule whose threshold
+    /// the statement's [`complexity`](Self::complexity) reaches. It says nothing about
+    /// whether the statement may run on a replica at all: the pool asks only for
+    /// statements that [`classify`](Self::classify) sends to a replica. Never
+    /// allocates; without group rules it returns `None` at once.
+    ///
+    /// ```
+    /// use diesel_rwsplit::classify::{Classifier, Dialect};
+    ///
+    /// let c = Classifier::builder(Dialect::Postgres)
+    ///     .group_rule(r"(?i)\bfrom\s+reports\b", "reporting")
+    ///     .heavy_reads(2, "analytics")
+    ///     .build()?;
+    /// assert_eq!(c.group("SELECT * FROM reports"), Some("reporting"));
+    /// assert_eq!(c.group("SELECT k, count(*) FROM a JOIN b USING (id) GROUP BY k"), Some("analytics"));
+    /// assert_eq!(c.group("SELECT * FROM a JOIN b USING (id)"), None);
+    /// # Ok::<(), diesel_rwsplit::Error>(())
+    /// ```
+    pub fn group(&self, sql: &str) -> Option<&str> {
+        self.group_index(sql)
+            .map(|index| &*self.inner.ext.groups.names[index])
+    }
+
+    /// [`group`](Self::group) as an index into [`group_names`](Self::group_names).
+    pub(crate) fn group_index(&self, sql: &str) -> Option<usize> {
+        let groups = &self.inner.ext.groups;
+        for (regex, group) in &groups.patterns {
+            if regex.is_match(sql) {
+                return Some(*group);
+            }
+        }
+        if groups.heavy.is_empty() {
+            return None;
+        }
+        let score = self.complexity(sql);
+        groups
+            .heavy
+            .iter()
+            .find(|(threshold, _)| score >= *threshold)
+            .map(|(_, group)| *group)
+    }
+
+    /// Every replica group the classifier's rules name, each once, in the order
+    /// first named.
+    pub(crate) fn group_names(&self) -> &[Arc<str>] {
+        &self.inner.ext.groups.names
+    }
+
+    /// How heavy a read looks, from its tokens alone (no parser): 1 per `JOIN`, 1 per
+    /// subquery (a `SELECT` right after an opening parenthesis: `IN (SELECT ..)`,
+    /// `EXISTS (..)`, a derived table, a CTE body), 1 per `GROUP BY`, 1 per `HAVING`
+    /// and 1 per window function (`OVER (`), summed over the statements of the
+    /// string. Nothing inside a comment, a string or a quoted identifier counts.
+    ///
+    /// ```
+    /// use diesel_rwsplit::classify::{Classifier, Dialect};
+    ///
+    /// let c = Classifier::new(Dialect::Postgres);
+    /// assert_eq!(c.complexity("SELECT * FROM users WHERE id = $1"), 0);
+    /// assert_eq!(
+    ///     c.complexity("SELECT u.name, count(*) FROM users u JOIN orders o ON o.user_id = u.id \
+    ///                   WHERE o.id IN (SELECT id FROM refunds) GROUP BY u.name HAVING count(*) > 3"),
+    ///     4
+    /// );
+    /// ```
+    pub fn complexity(&self, sql: &str) -> u32 {
+        complexity::score(sql, self.inner.dialect)
+    }
+
     /// The statement's fingerprint (normalised text and hash).
     pub fn fingerprint(&self, sql: &str) -> Fingerprint {
         let mut text = String::with_capacity(sql.len());
@@ -225,8 +333,8 @@ impl Classifier {
 
 /// Builds a [`Classifier`] with user extensions.
 ///
-/// By default there are no extra write functions, no read-only overrides and no routing
-/// rules: the result behaves exactly like [`Classifier::new`].
+/// By default there are no extra write functions, no read-only overrides, no routing
+/// rules and no replica group rules: the result behaves exactly like [`Classifier::new`].
 ///
 /// ```
 /// use diesel_rwsplit::classify::{Classifier, Dialect, Verdict};
@@ -248,7 +356,17 @@ pub struct ClassifierBuilder {
     dialect: Dialect,
     write: Vec<String>,
     read_only: Vec<String>,
-    rules: Vec<(String, Target)>,
+    /// `rule` and `group_rule` patterns, in the order added (one index space for
+    /// [`Error::InvalidRule`]).
+    rules: Vec<(String, RuleTo)>,
+    heavy: Vec<(u32, String)>,
+}
+
+/// Where a pending rule sends what it matches.
+#[derive(Debug)]
+enum RuleTo {
+    Target(Target),
+    Group(String),
 }
 
 impl ClassifierBuilder {
@@ -297,7 +415,43 @@ impl ClassifierBuilder {
     /// narrow. An invalid pattern makes [`build`](Self::build) fail. Default: none.
     #[must_use = "the builder is consumed: keep the returned one"]
     pub fn rule(mut self, pattern: &str, target: Target) -> Self {
-        self.rules.push((pattern.to_owned(), target));
+        self.rules
+            .push((pattern.to_owned(), RuleTo::Target(target)));
+        self
+    }
+
+    /// Send the reads whose raw SQL matches `pattern` (a [`regex`] expression, as for
+    /// [`rule`](Self::rule)) to the replicas of `group` (see
+    /// [`SwitchablePoolBuilder::replica_group`](crate::SwitchablePoolBuilder::replica_group)).
+    ///
+    /// Only reads are concerned: the rule is consulted after the statement has been
+    /// judged, and only when it goes to a replica. A write or a doubtful statement
+    /// that matches still goes to the primary; a group never weakens the interlock.
+    /// Group rules are tried in the order added, before the
+    /// [`heavy_reads`](Self::heavy_reads) rules; the first match wins. When no replica
+    /// of the group can serve, the read runs on another replica (counted as a group
+    /// fallback). `group`: 1 to 64 ASCII letters, digits, `_`, `-`, `.`; anything else,
+    /// or an invalid pattern, makes [`build`](Self::build) fail. Default: none.
+    #[must_use = "the builder is consumed: keep the returned one"]
+    pub fn group_rule(mut self, pattern: &str, group: impl Into<String>) -> Self {
+        self.rules
+            .push((pattern.to_owned(), RuleTo::Group(group.into())));
+        self
+    }
+
+    /// Send heavy reads to the replicas of `group`: a read whose
+    /// [`complexity`](Classifier::complexity) score (1 per `JOIN`, subquery,
+    /// `GROUP BY`, `HAVING` and window function) is at least `threshold`.
+    ///
+    /// Consulted after the [`group_rule`](Self::group_rule)s, and only for statements
+    /// judged to be reads (a heavy write still goes to the primary). Several tiers
+    /// may be given (say `heavy_reads(6, "warehouse").heavy_reads(2, "analytics")`):
+    /// the first, in the order added, whose threshold is reached wins. A threshold of
+    /// 0 sends every read to the group. Same group name rules as `group_rule`.
+    /// Default: none.
+    #[must_use = "the builder is consumed: keep the returned one"]
+    pub fn heavy_reads(mut self, threshold: u32, group: impl Into<String>) -> Self {
+        self.heavy.push((threshold, group.into()));
         self
     }
 
@@ -305,19 +459,40 @@ impl ClassifierBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidRule`] for the first routing rule whose pattern does not compile.
+    /// [`Error::InvalidRule`] for the first routing rule whose pattern does not compile
+    /// (`index` counts [`rule`](Self::rule)s and [`group_rule`](Self::group_rule)s
+    /// together, in the order added); [`Error::InvalidConfig`] for a group name that
+    /// is not 1 to 64 ASCII letters, digits, `_`, `-` or `.`.
     pub fn build(self) -> Result<Classifier, Error> {
         let dialect = self.dialect;
-        let rules = self
-            .rules
-            .into_iter()
-            .enumerate()
-            .map(|(index, (pattern, target))| {
-                Regex::new(&pattern)
-                    .map(|regex| (regex, target))
-                    .map_err(|source| Error::InvalidRule { index, source })
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
+        let mut groups = GroupRouting::default();
+        let mut rules = Vec::new();
+        let check = |group: &str| {
+            if valid_group_name(group) {
+                Ok(())
+            } else {
+                Err(Error::InvalidConfig(format!(
+                    "{group:?} is not a replica group name (1 to 64 ASCII letters, digits, '_', '-', '.')"
+                )))
+            }
+        };
+        for (index, (pattern, to)) in self.rules.into_iter().enumerate() {
+            let regex =
+                Regex::new(&pattern).map_err(|source| Error::InvalidRule { index, source })?;
+            match to {
+                RuleTo::Target(target) => rules.push((regex, target)),
+                RuleTo::Group(group) => {
+                    check(&group)?;
+                    let group = groups.index_of(&group);
+                    groups.patterns.push((regex, group));
+                }
+            }
+        }
+        for (threshold, group) in self.heavy {
+            check(&group)?;
+            let group = groups.index_of(&group);
+            groups.heavy.push((threshold, group));
+        }
         let parse = |names: Vec<String>| {
             names
                 .iter()
@@ -328,6 +503,7 @@ impl ClassifierBuilder {
             write: parse(self.write),
             read_only: parse(self.read_only),
             rules,
+            groups,
         };
         Ok(Classifier {
             inner: Arc::new(Inner { dialect, ext }),
@@ -376,6 +552,81 @@ mod tests {
             Verdict::Primary(SwitchReason::Rule)
         );
         assert_eq!(c.classify("SELECT 1"), Verdict::Replica);
+    }
+
+    #[test]
+    fn group_rules_route_reads_and_never_change_verdicts() {
+        let c = Classifier::builder(Dialect::Postgres)
+            .rule("(?i)audit_log", Target::Primary)
+            .group_rule(r"(?i)\breports\b", "reporting")
+            .heavy_reads(4, "warehouse")
+            .heavy_reads(2, "analytics")
+            .build()
+            .unwrap();
+        assert_eq!(c.group_names().len(), 3);
+        let cases: &[(&str, Verdict, Option<&str>)] = &[
+            ("SELECT 1", Verdict::Replica, None),
+            ("SELECT * FROM reports", Verdict::Replica, Some("reporting")),
+            (
+                "SELECT k, count(*) FROM a JOIN b USING (id) GROUP BY k",
+                Verdict::Replica,
+                Some("analytics"),
+            ),
+            (
+                "SELECT k, count(*) FROM a JOIN b USING (id) JOIN c USING (id) GROUP BY k HAVING count(*) > 1",
+                Verdict::Replica,
+                Some("warehouse"),
+            ),
+            ("SELECT * FROM a JOIN b USING (id)", Verdict::Replica, None),
+            // A group says where a read goes; the verdict alone says whether it is one.
+            (
+                "INSERT INTO t SELECT k, count(*) FROM a JOIN b USING (id) GROUP BY k",
+                Verdict::Primary(SwitchReason::WriteStatement),
+                Some("analytics"),
+            ),
+            (
+                "SELECT * FROM reports FOR UPDATE",
+                Verdict::Primary(SwitchReason::LockingRead),
+                Some("reporting"),
+            ),
+            (
+                "SELECT * FROM audit_log JOIN a USING (id) GROUP BY 1",
+                Verdict::Primary(SwitchReason::Rule),
+                Some("analytics"),
+            ),
+        ];
+        for (sql, verdict, group) in cases {
+            assert_eq!(c.classify(sql), *verdict, "{sql}");
+            assert_eq!(c.group(sql), *group, "{sql}");
+        }
+        assert_eq!(
+            Classifier::new(Dialect::Postgres).group("SELECT * FROM a JOIN b ON true GROUP BY 1"),
+            None
+        );
+    }
+
+    #[test]
+    fn group_rules_share_the_rule_index_and_names_are_checked() {
+        let err = Classifier::builder(Dialect::Postgres)
+            .rule("^select", Target::Replica)
+            .group_rule("(unclosed", "analytics")
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidRule { index: 1, .. }),
+            "{err:?}"
+        );
+        for bad in ["", "has space", "quo\"te", &"x".repeat(65)] {
+            let err = Classifier::builder(Dialect::Postgres)
+                .heavy_reads(2, bad)
+                .build()
+                .unwrap_err();
+            assert!(matches!(err, Error::InvalidConfig(_)), "{bad:?}: {err:?}");
+        }
+        assert!(Classifier::builder(Dialect::Postgres)
+            .group_rule("x", "eu-west_1.analytics")
+            .build()
+            .is_ok());
     }
 
     #[test]

@@ -35,7 +35,7 @@ use futures_util::{FutureExt, StreamExt};
 use tracing::Instrument;
 
 use crate::classify::{Classifier, Verdict};
-use crate::router::Router;
+use crate::router::{GroupId, Router};
 use crate::{rwsplit_error, Error, SwitchReason, Target};
 
 pub use backend::{LoadFut, PgRow, RowStream, SqlText, StatementFailure, SwitchTarget};
@@ -123,6 +123,8 @@ pub(crate) trait NodeSource<C>: Send + Sync + 'static {
     /// A replica lost a session or did not answer a read: probe it with a new
     /// session in the background and eject it if it does not serve one.
     fn replica_suspect(&self, index: usize, why: &str);
+    /// A replica of replica group `group`, or `None` when none of them can serve.
+    fn acquire_group_replica(&self, group: GroupId) -> BoxFuture<'static, Option<ReplicaLease<C>>>;
 }
 
 /// Mark an inner session as not to be reused: its pool discards it when it comes
@@ -137,6 +139,8 @@ pub(crate) struct ReplicaLease<C> {
     pub(crate) handle: Handle<C>,
     pub(crate) index: usize,
     pub(crate) name: Arc<str>,
+    /// The replica's group (`None`: the default group).
+    pub(crate) group: Option<GroupId>,
 }
 
 /// A user instrumentation shared by the replica and the later primary connection.
@@ -207,6 +211,8 @@ pub struct SwitchableConnection<C: SwitchTarget> {
     router: Arc<Router<C>>,
     replica_name: Option<Arc<str>>,
     replica_index: Option<usize>,
+    /// The replica group of the replica it is on (`None`: the default group).
+    replica_group: Option<GroupId>,
     switch_reason: Option<SwitchReason>,
     /// Observe mode: where `Switch` mode would be by now, and why.
     would_switch: Option<SwitchReason>,
@@ -272,6 +278,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             router,
         );
         conn.replica_index = Some(replica.index);
+        conn.replica_group = replica.group;
         conn
     }
 
@@ -298,6 +305,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             router,
             replica_name,
             replica_index: None,
+            replica_group: None,
             switch_reason: None,
             would_switch: None,
             instrumentation: None,
@@ -875,12 +883,68 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
                 self.replica = Some(lease.handle);
                 self.replica_index = Some(lease.index);
                 self.replica_name = Some(lease.name);
+                self.replica_group = lease.group;
             }
             None => {
                 self.router.stats.record_replica_fallback();
                 self.acquire_primary(None).await?;
                 self.replica = None;
                 self.replica_index = None;
+                self.replica_group = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether replica reads may be routed to replica groups: the pool's classifier
+    /// has group rules (checked first, by the caller: the only cost to a plain
+    /// read), and the connection is on a replica outside a read-only transaction.
+    fn routes_groups(&self) -> bool {
+        self.replica_index.is_some() && !self.in_replica_transaction
+    }
+
+    /// The replica group a replica read is routed to, if any.
+    fn read_group(&self, sql: Option<&str>) -> Option<GroupId> {
+        let groups = self.router.groups.as_ref()?;
+        self.router.read_group(groups, sql?)
+    }
+
+    /// A read routed to replica group `group`: if the connection's replica is not
+    /// one of the group's, move to one of the group's (the old replica goes back to
+    /// its pool once the new one is in hand, as for a read retry) and stay there;
+    /// if none of the group's can serve, stay where it is (a group fallback).
+    /// Counted either way.
+    async fn route_to_group(&mut self, group: GroupId) -> QueryResult<()> {
+        if self.replica_group == Some(group) {
+            self.router.stats.record_group_read(group);
+            return Ok(());
+        }
+        let Some(source) = self.source.clone() else {
+            return Ok(());
+        };
+        match source.acquire_group_replica(group).await {
+            Some(mut lease) => {
+                self.discard_hung_replica_session();
+                self.adopt(&mut lease.handle);
+                tracing::debug!(
+                    target: "diesel_rwsplit::pool",
+                    from = self.replica_name.as_deref().unwrap_or(""),
+                    to = &*lease.name,
+                    "a read routed to a replica group moves the connection to one of its replicas"
+                );
+                self.replica = Some(lease.handle);
+                self.replica_index = Some(lease.index);
+                self.replica_name = Some(lease.name);
+                self.replica_group = lease.group;
+                self.router.stats.record_group_read(group);
+            }
+            None => {
+                tracing::debug!(
+                    target: "diesel_rwsplit::pool",
+                    replica = self.replica_name.as_deref().unwrap_or(""),
+                    "no replica of the read's group can serve: it runs on the connection's replica"
+                );
+                self.router.stats.record_group_fallback(group);
             }
         }
         Ok(())
@@ -1171,6 +1235,23 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
         let query = source.as_query();
         match self.decide(|conn| conn.judge_query(&query), false) {
             Err(e) => future::ready(Err(e)).boxed(),
+            Ok(Plan::Direct(Target::Replica, sql))
+                if self.router.groups.is_some() && self.routes_groups() =>
+            {
+                // Rendered to owned data: it may have to wait for a group replica.
+                let group = self.read_group(sql.as_deref());
+                let rendered = self.render_owned(&query, sql);
+                drop(query);
+                let read = async move {
+                    let mut rendered = rendered?;
+                    if let Some(group) = group {
+                        self.route_to_group(group).boxed().await?;
+                    }
+                    let rows = self.run_on_replica::<LoadFirstRow>(&mut rendered).await?;
+                    Ok(self.bound_rest_of_read(rows) as RowStream<'conn, C::OwnedRow>)
+                };
+                with_span(read.boxed(), Target::Replica)
+            }
             Ok(Plan::Direct(Target::Replica, sql)) if self.owns_replica_reads() => {
                 // Rendered to owned SQL + binds so that it can run a second time.
                 let rendered = self.render_owned(&query, sql);
@@ -1211,6 +1292,21 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
     {
         match self.decide(|conn| conn.judge_query(&source), false) {
             Err(e) => future::ready(Err(e)).boxed(),
+            Ok(Plan::Direct(Target::Replica, sql))
+                if self.router.groups.is_some() && self.routes_groups() =>
+            {
+                let group = self.read_group(sql.as_deref());
+                let rendered = self.render_owned(&source, sql);
+                drop(source);
+                let read = async move {
+                    let mut rendered = rendered?;
+                    if let Some(group) = group {
+                        self.route_to_group(group).boxed().await?;
+                    }
+                    self.run_on_replica::<ExecuteCount>(&mut rendered).await
+                };
+                with_span(read.boxed(), Target::Replica)
+            }
             Ok(Plan::Direct(Target::Replica, sql)) if self.owns_replica_reads() => {
                 let rendered = self.render_owned(&source, sql);
                 drop(source);
@@ -1267,6 +1363,7 @@ impl<C: SwitchTarget> AsyncConnection for SwitchableConnection<C> {
             InterlockMode::Switch,
             false,
             None,
+            &[],
         );
         Ok(Self::on_primary(Box::new(Box::new(conn)), None, router))
     }

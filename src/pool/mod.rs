@@ -27,7 +27,7 @@ use crate::connection::{
 };
 use crate::error::{FailureKind, NodeStep};
 use crate::monitor::{Monitor, MonitorConfig, NodeTarget};
-use crate::router::Router;
+use crate::router::{GroupId, Router};
 use crate::stats::StatsSnapshot;
 use crate::{CredentialsProvider, Error, Route, Target};
 
@@ -73,6 +73,8 @@ struct NodePool<C: SwitchTarget> {
     /// Shared with the node's checked-out connections, which keep its outstanding count.
     health: Arc<Health>,
     weight: u32,
+    /// The replica group it belongs to (`None`: the default group).
+    group: Option<GroupId>,
 }
 
 impl<C: SwitchTarget> NodePool<C> {
@@ -157,12 +159,19 @@ struct PoolInner<C: SwitchTarget> {
     primary: Primary<C>,
     replicas: Vec<NodePool<C>>,
     next_replica: AtomicUsize,
+    /// Round-robin cursors of each replica group's replicas (by group id), and of
+    /// the grouped replicas as a whole when the default group cannot serve: each
+    /// rotation keeps its own, so that one does not skew another.
+    next_in_group: Box<[AtomicUsize]>,
+    next_grouped: AtomicUsize,
     random_state: AtomicU64,
     router: Arc<Router<C>>,
     default_route: Route,
     balance: Balance,
     backoff: Backoff,
     fallback_to_primary: bool,
+    /// Some replica belongs to a group: checkouts try the default group first.
+    grouped: bool,
     /// Replication lag awareness (absent without replicas). Dropped with the pool,
     /// which stops its task.
     monitor: Option<Monitor>,
@@ -205,18 +214,49 @@ impl<C: SwitchTarget> PoolInner<C> {
                 .is_none_or(|m| m.is_usable(index, self.max_lag_bytes, self.max_lag))
     }
 
-    /// Admitted replicas in the order they should be tried, per the balancing policy.
+    /// Admitted replicas in the order they should be tried, per the balancing
+    /// policy: with replica groups, those of the default group (no group) first,
+    /// then the others, so that a group's replicas serve the reads routed to them
+    /// and others only when no default replica can.
     fn replica_order(&self, excluding: Option<usize>) -> Vec<usize> {
+        let cursor = &self.next_replica;
+        if !self.grouped {
+            return self.order_among(excluding, |_| true, cursor);
+        }
+        let mut order = self.order_among(excluding, |i| self.replica(i).group.is_none(), cursor);
+        order.extend(self.order_among(
+            excluding,
+            |i| self.replica(i).group.is_some(),
+            &self.next_grouped,
+        ));
+        order
+    }
+
+    /// The routable replicas of `group`, in policy order, `excluding` one.
+    fn group_order(&self, group: GroupId, excluding: Option<usize>) -> Vec<usize> {
+        let Some(cursor) = self.next_in_group.get(group) else {
+            // A group the classifier names and no replica carries.
+            return Vec::new();
+        };
+        self.order_among(excluding, |i| self.replica(i).group == Some(group), cursor)
+    }
+
+    /// Routable replicas for which `member` holds, in policy order; `cursor` is
+    /// the rotation of this set of replicas.
+    fn order_among(
+        &self,
+        excluding: Option<usize>,
+        member: impl Fn(usize) -> bool,
+        cursor: &AtomicUsize,
+    ) -> Vec<usize> {
         let mut admitted: Vec<usize> = (0..self.replicas.len())
-            .filter(|i| Some(*i) != excluding && self.is_routable(*i))
+            .filter(|i| Some(*i) != excluding && member(*i) && self.is_routable(*i))
             .collect();
         if admitted.len() <= 1 {
             return admitted;
         }
         let first = match &self.balance {
-            Balance::RoundRobin => {
-                self.next_replica.fetch_add(1, Ordering::Relaxed) % admitted.len()
-            }
+            Balance::RoundRobin => cursor.fetch_add(1, Ordering::Relaxed) % admitted.len(),
             Balance::Random => (self.random() % admitted.len() as u64) as usize,
             Balance::LeastOutstanding => {
                 let load = |i: &usize| {
@@ -230,7 +270,7 @@ impl<C: SwitchTarget> PoolInner<C> {
                 let tied: Vec<usize> = (0..admitted.len())
                     .filter(|p| load(&admitted[*p]) == least)
                     .collect();
-                tied[self.next_replica.fetch_add(1, Ordering::Relaxed) % tied.len()]
+                tied[cursor.fetch_add(1, Ordering::Relaxed) % tied.len()]
             }
             Balance::LeastLag => {
                 let lag = |i: &usize| {
@@ -368,7 +408,33 @@ impl<C: SwitchTarget> PoolInner<C> {
         self: &Arc<Self>,
         excluding: Option<usize>,
     ) -> Option<ReplicaLease<C>> {
+        // A read retried after its replica failed goes to another replica of the
+        // same group first, if it had one, then to the others.
+        if let Some(group) = excluding.and_then(|failed| self.replica(failed).group) {
+            let others: Vec<usize> = self
+                .replica_order(excluding)
+                .into_iter()
+                .filter(|i| self.replica(*i).group != Some(group))
+                .collect();
+            for index in self.group_order(group, excluding).into_iter().chain(others) {
+                if let Some(lease) = self.checkout_replica_at(index).await {
+                    return Some(lease);
+                }
+            }
+            return None;
+        }
         for index in self.replica_order(excluding) {
+            if let Some(lease) = self.checkout_replica_at(index).await {
+                return Some(lease);
+            }
+        }
+        None
+    }
+
+    /// Check out a replica of `group`, trying its routable replicas in policy order.
+    /// `None`: none of them could be checked out.
+    async fn checkout_group_replica(self: &Arc<Self>, group: GroupId) -> Option<ReplicaLease<C>> {
+        for index in self.group_order(group, None) {
             if let Some(lease) = self.checkout_replica_at(index).await {
                 return Some(lease);
             }
@@ -396,6 +462,7 @@ impl<C: SwitchTarget> PoolInner<C> {
                     handle,
                     index,
                     name: Arc::clone(&node.name),
+                    group: node.group,
                 })
             }
             Err(failure) if !failure.kind.is_node_failure() => {
@@ -471,6 +538,11 @@ impl<C: SwitchTarget> NodeSource<C> for Source<C> {
 
     fn replica_suspect(&self, index: usize, why: &str) {
         self.0.suspect(index, why);
+    }
+
+    fn acquire_group_replica(&self, group: GroupId) -> BoxFuture<'static, Option<ReplicaLease<C>>> {
+        let inner = Arc::clone(&self.0);
+        async move { inner.checkout_group_replica(group).await }.boxed()
     }
 }
 
@@ -735,6 +807,8 @@ pub struct SwitchablePoolBuilder<C: SwitchTarget = AsyncPgConnection> {
     patroni: Vec<String>,
     #[cfg(feature = "patroni")]
     patroni_interval: Duration,
+    /// `replica_group` calls: (replica index, group), in order.
+    replica_groups: Vec<(usize, String)>,
     interlock: InterlockMode,
     default_route: Route,
     classifier: Option<Classifier>,
@@ -785,6 +859,7 @@ impl<C: SwitchTarget> Default for SwitchablePoolBuilder<C> {
             patroni: Vec::new(),
             #[cfg(feature = "patroni")]
             patroni_interval: Duration::from_millis(200),
+            replica_groups: Vec::new(),
             interlock: InterlockMode::Switch,
             default_route: Route::Replica,
             classifier: None,
@@ -889,6 +964,43 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
     #[cfg(feature = "patroni")]
     pub fn patroni_interval(mut self, interval: Duration) -> Self {
         self.patroni_interval = interval;
+        self
+    }
+
+    /// Put replica `index` (zero-based, in the order of [`replicas`](Self::replicas),
+    /// or of [`nodes`](Self::nodes): a member's index, whatever its role; a member
+    /// that is the primary serves no reads anyway) in the replica group `group`.
+    /// A replica belongs to at most one group: a later call for the same index
+    /// replaces the group. Replicas without one form the default group.
+    ///
+    /// Reads go to a group when the classifier's
+    /// [`group_rule`](crate::classify::ClassifierBuilder::group_rule) or
+    /// [`heavy_reads`](crate::classify::ClassifierBuilder::heavy_reads) rules route
+    /// them there (see the crate docs, "Replica groups"). Everything else prefers
+    /// the default group: a replica-first connection is checked out from a replica
+    /// without a group while one is usable, so a group's replicas are kept for the
+    /// reads routed to them. `group`: 1 to 64 ASCII letters, digits, `_`, `-`, `.`.
+    /// An index past the last replica, or a bad name, fails the
+    /// [`build`](Self::build) with [`Error::InvalidConfig`]. Default: no group (every
+    /// replica in the default group; selection exactly as without groups).
+    ///
+    /// ```no_run
+    /// # async fn demo(primary: &str, replicas: Vec<String>) -> Result<(), diesel_rwsplit::Error> {
+    /// use diesel_async::AsyncPgConnection;
+    /// use diesel_rwsplit::classify::{Classifier, Dialect};
+    /// use diesel_rwsplit::SwitchablePool;
+    ///
+    /// let pool = SwitchablePool::<AsyncPgConnection>::builder()
+    ///     .primary(primary)
+    ///     .replicas(replicas)          // replica1, replica2
+    ///     .replica_group(1, "analytics")
+    ///     .classifier(Classifier::builder(Dialect::Postgres).heavy_reads(3, "analytics").build()?)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn replica_group(mut self, index: usize, group: impl Into<String>) -> Self {
+        self.replica_groups.push((index, group.into()));
         self
     }
 
@@ -1256,6 +1368,36 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
                 )));
             }
         }
+        let mut replica_group_ids: Vec<Option<GroupId>> = vec![None; reader_urls.len()];
+        let mut replica_group_names: Vec<Arc<str>> = Vec::new();
+        {
+            let mut chosen: Vec<Option<&str>> = vec![None; reader_urls.len()];
+            for (index, group) in &self.replica_groups {
+                if !crate::classify::valid_group_name(group) {
+                    return Err(Error::InvalidConfig(format!(
+                        "{group:?} is not a replica group name (1 to 64 ASCII letters, digits, '_', '-', '.')"
+                    )));
+                }
+                let Some(slot) = chosen.get_mut(*index) else {
+                    return Err(Error::InvalidConfig(format!(
+                        "replica_group({index}, {group:?}): there are {} {label}s (indexes from 0)",
+                        reader_urls.len()
+                    )));
+                };
+                *slot = Some(group.as_str());
+            }
+            for (index, group) in chosen.into_iter().enumerate() {
+                let Some(group) = group else { continue };
+                let id = match replica_group_names.iter().position(|n| &**n == group) {
+                    Some(id) => id,
+                    None => {
+                        replica_group_names.push(Arc::from(group));
+                        replica_group_names.len() - 1
+                    }
+                };
+                replica_group_ids[index] = Some(id);
+            }
+        }
         let primary_endpoint = match &primary_url {
             Some(url) => Some(Arc::new(PgEndpoint::new("primary", url, &self.connect)?)),
             None => None,
@@ -1352,14 +1494,16 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
                 Balance::Weighted(weights) => weights[index],
                 _ => 1,
             };
-            replicas.push(node_pool::<C>(
+            let mut replica = node_pool::<C>(
                 endpoint,
                 Some(C::READ_ONLY_SESSION_SQL),
                 self.replica_settings,
                 self.on_connect.clone(),
                 weight,
                 false,
-            ));
+            );
+            replica.group = replica_group_ids[index];
+            replicas.push(replica);
         }
         #[cfg(feature = "testing")]
         if let Some(faults) = &self.faults {
@@ -1380,7 +1524,18 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             .replica_settings
             .statement_timeout
             .map(|timeout| timeout + REPLICA_READ_GRACE);
-        let router = Router::new(classifier, self.interlock, self.read_retry, read_bound);
+        for group in classifier.group_names() {
+            if !replica_group_names.contains(group) {
+                tracing::warn!(target: "diesel_rwsplit::pool", group = %group, "the classifier routes reads to a replica group no replica belongs to: they will all be served by other replicas (counted as group fallbacks)");
+            }
+        }
+        let router = Router::new(
+            classifier,
+            self.interlock,
+            self.read_retry,
+            read_bound,
+            &replica_group_names,
+        );
         let seed = u64::from(std::process::id()) << 32
             | u64::from(Instant::now().elapsed().subsec_nanos())
             | 1;
@@ -1389,12 +1544,18 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             primary,
             replicas,
             next_replica: AtomicUsize::new(0),
+            next_in_group: replica_group_names
+                .iter()
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
+            next_grouped: AtomicUsize::new(0),
             random_state: AtomicU64::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
             router,
             default_route: self.default_route,
             balance: self.balance,
             backoff: self.backoff,
             fallback_to_primary: self.fallback_to_primary,
+            grouped: !replica_group_names.is_empty(),
             monitor: (!monitored.is_empty())
                 .then(|| Monitor::spawn(monitor_primary, monitored, self.monitor)),
             max_lag_bytes: self.max_lag_bytes,
@@ -1469,6 +1630,7 @@ fn node_pool<C: SwitchTarget>(
         pool,
         health: Arc::default(),
         weight,
+        group: None,
     }
 }
 
