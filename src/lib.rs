@@ -243,7 +243,11 @@
 //! client-certificate authentication, `sslsni`, `ssl_min_protocol_version` and
 //! `ssl_max_protocol_version`. Both the URL and the `key=value` forms are read. The
 //! certificate files are read when the pool is built. Unsupported options are refused
-//! by name: `sslpassword` (encrypted keys), `sslcrl`/`sslcrldir`.
+//! by name: `sslpassword` (encrypted keys), `sslcrl`/`sslcrldir`. Verification is
+//! webpki's, a little stricter than OpenSSL's: a server certificate must carry its
+//! names as subjectAltNames (a name only in the CN does not match), a CA certificate
+//! cannot be used as its own server certificate, and the serverAuth extended key
+//! usage is required where the certificate lists extended key usages.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), diesel_rwsplit::Error> {

@@ -1033,6 +1033,17 @@ fn leader_of(samples: &[Result<ReplicaSample, String>]) -> Option<(usize, Lsn)> 
     primaries.next().is_none().then_some(first)
 }
 
+/// A member that answered as a primary.
+fn claims_primary(sample: &Result<ReplicaSample, String>) -> bool {
+    matches!(
+        sample,
+        Ok(ReplicaSample {
+            in_recovery: false,
+            ..
+        })
+    )
+}
+
 async fn run(
     shared: Arc<Shared>,
     primary: Option<NodeTarget>,
@@ -1071,14 +1082,22 @@ async fn run(
                     futures_util::future::join_all(probers.iter_mut().map(Prober::replica_sample))
                         .await;
                 let leader = leader_of(&samples);
+                let mut published = leader.map(|(index, _)| index);
+                if leader.is_none() && !samples.iter().any(claims_primary) {
+                    // The primary missed a probe and nobody else claims its role:
+                    // it stays the primary rather than churn the topology (its
+                    // writers see the failure and ask again; a promotion elsewhere
+                    // replaces it). Its position is unknown this round.
+                    let previous = *shared.leader.borrow();
+                    published = previous.filter(|i| samples[*i].is_err());
+                }
                 let answer = leader
                     .map(|(_, lsn)| lsn)
                     .ok_or_else(|| "no single member answers as the primary".to_owned());
                 let primary_lsn = publish_primary(&shared, &mut state, answer, started);
-                shared.leader.send_if_modified(|current| {
-                    let new = leader.map(|(index, _)| index);
-                    std::mem::replace(current, new) != new
-                });
+                shared
+                    .leader
+                    .send_if_modified(|current| std::mem::replace(current, published) != published);
                 (primary_lsn, samples)
             }
         };

@@ -412,3 +412,112 @@ async fn establish_builds_a_single_node_connection_with_build_transaction() {
     assert_eq!(inside.port, port_of(&cluster.primary_url()));
     assert_eq!(inside.read_only, "on");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_inside_a_replica_transaction_outlives_it_or_ends_it_behind_diesel() {
+    let cluster = shared_cluster();
+    create_table(
+        cluster,
+        "CREATE TABLE ro_guarded (id BIGSERIAL PRIMARY KEY)",
+    )
+    .await;
+    let pool = pool().await;
+    let mut conn = pool.get().await.unwrap();
+    let refused = |error: &DieselError| match rwsplit_error(error) {
+        Some(Error::InReplicaTransaction { reason }) => Some(*reason),
+        _ => None,
+    };
+    // Session state would stay in the pooled replica session: refused, not run.
+    let error = conn
+        .build_transaction()
+        .read_only()
+        .run(async |conn| {
+            diesel::sql_query("SET default_transaction_read_only = off")
+                .execute(conn)
+                .await
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused(&error),
+        Some(SwitchReason::SessionState),
+        "{error:?}"
+    );
+    // A COMMIT would end the transaction behind diesel's back: refused, raw or not.
+    let error = conn
+        .build_transaction()
+        .read_only()
+        .run(async |conn| conn.batch_execute("COMMIT").await)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused(&error),
+        Some(SwitchReason::TransactionControl),
+        "{error:?}"
+    );
+    let error = conn
+        .build_transaction()
+        .read_only()
+        .run(async |conn| diesel::sql_query("COMMIT").execute(conn).await)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused(&error),
+        Some(SwitchReason::TransactionControl),
+        "{error:?}"
+    );
+    // The replica session is as it was: read-only, on the replica, usable.
+    assert_eq!(conn.target(), Target::Replica);
+    let after: Where = diesel::sql_query(WHERE)
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        (after.read_only.as_str(), after.isolation.as_str()),
+        ("on", "read committed")
+    );
+
+    // After a raw read-only transaction ends, a write flips to the primary.
+    conn.batch_execute("BEGIN READ ONLY").await.unwrap();
+    conn.batch_execute("COMMIT").await.unwrap();
+    diesel::sql_query("INSERT INTO ro_guarded DEFAULT VALUES")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(conn.target(), Target::Primary);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_unpins_the_connection() {
+    let cluster = shared_cluster();
+    let pool = pool().await;
+    let mut conn = pool.get().await.unwrap();
+    let result = conn
+        .build_transaction()
+        .read_only()
+        .run(async |conn| {
+            let inside: Where = diesel::sql_query(WHERE).get_result(conn).await?;
+            // The replica session dies before the COMMIT.
+            let pid: i32 = diesel::select(diesel::dsl::sql::<Integer>("pg_backend_pid()"))
+                .get_result(conn)
+                .await?;
+            let replica = cluster
+                .replica_urls()
+                .into_iter()
+                .find(|url| port_of(url) == inside.port)
+                .unwrap();
+            common::terminate(&replica, pid).await;
+            Ok::<_, DieselError>(())
+        })
+        .await;
+    assert!(
+        result.is_err(),
+        "the COMMIT cannot succeed on a terminated session"
+    );
+    // Not pinned to the dead session any more: the next read goes elsewhere.
+    let after: Where = diesel::sql_query(WHERE)
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(after.read_only, "on");
+}

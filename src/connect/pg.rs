@@ -62,6 +62,32 @@ impl PgEndpoint {
             source: Box::new(e),
         })?;
         let name = format!("{label} ({})", describe(&parsed.config));
+        // What the driver would refuse only when connecting, refused now, so that a
+        // connect failure says something about the server, never about the URL.
+        let bad_url = |why: &str| Error::Node {
+            node: name.clone(),
+            step: NodeStep::ParseUrl,
+            kind: FailureKind::Other,
+            source: why.into(),
+        };
+        let (hosts, addrs, ports) = (
+            parsed.config.get_hosts().len(),
+            parsed.config.get_hostaddrs().len(),
+            parsed.config.get_ports().len(),
+        );
+        if hosts == 0 && addrs == 0 {
+            return Err(bad_url("no host: give host (or hostaddr)"));
+        }
+        if ports > 1 && ports != hosts.max(addrs) {
+            return Err(bad_url(
+                "the number of ports is neither one nor one per host",
+            ));
+        }
+        if hosts == 0 && parsed.tls.mode.requires_tls() {
+            return Err(bad_url(
+                "TLS needs the server's name: give host (with hostaddr for the address)",
+            ));
+        }
         #[cfg(not(feature = "tls"))]
         if parsed.tls.asks_for_tls() {
             return Err(Error::InvalidConfig(format!(

@@ -44,7 +44,6 @@ impl SslMode {
     }
 
     /// Whether a session must be encrypted (the connection fails otherwise).
-    #[cfg_attr(feature = "tls", allow(dead_code))] // the check of builds without TLS
     pub(crate) fn requires_tls(self) -> bool {
         matches!(
             self,

@@ -235,6 +235,9 @@ pub struct SwitchableConnection<C: SwitchTarget> {
     /// A read-only transaction is open on the replica: every statement runs there,
     /// unjudged, until it ends (a transaction runs on one node).
     in_replica_transaction: bool,
+    /// That transaction was begun by a raw `BEGIN … READ ONLY` (only a raw
+    /// `COMMIT`/`ROLLBACK` ends it), not by `build_transaction`.
+    raw_replica_transaction: bool,
 }
 
 impl<C: SwitchTarget> fmt::Debug for SwitchableConnection<C> {
@@ -316,6 +319,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             observed_any: false,
             hung_replica_session: None,
             in_replica_transaction: false,
+            raw_replica_transaction: false,
         }
     }
 
@@ -449,17 +453,25 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             });
         }
         if self.in_replica_transaction {
-            if hook {
-                let reason = match judge(self)? {
-                    (Verdict::Primary(reason), _) => reason,
-                    (Verdict::Replica, _) => SwitchReason::Explicit,
-                };
-                return Err(DieselError::QueryBuilderError(Box::new(
-                    Error::InReplicaTransaction { reason },
-                )));
-            }
-            stats.record_statement(Target::Replica);
-            return Ok(Plan::Direct(Target::Replica, None));
+            // Still judged: only reads run, and writes, which PostgreSQL refuses in
+            // a read-only transaction (25006) as it would anywhere. Session state,
+            // transaction control and everything else doubtful are refused before
+            // they run: they would outlive the transaction in a pooled replica
+            // session, or end it behind diesel's back.
+            let reason = match judge(self)?.0 {
+                Verdict::Replica
+                | Verdict::Primary(SwitchReason::WriteStatement | SwitchReason::LockingRead)
+                    if !hook =>
+                {
+                    stats.record_statement(Target::Replica);
+                    return Ok(Plan::Direct(Target::Replica, None));
+                }
+                Verdict::Replica => SwitchReason::Explicit,
+                Verdict::Primary(reason) => reason,
+            };
+            return Err(DieselError::QueryBuilderError(Box::new(
+                Error::InReplicaTransaction { reason },
+            )));
         }
         if self.target() == Target::Primary || self.source.is_none() {
             if self.after_write.is_some() && !self.wrote {
@@ -600,6 +612,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
     /// A read-only transaction is beginning on the replica: pin the connection there.
     pub(crate) fn pin_to_replica_transaction(&mut self) {
         self.in_replica_transaction = true;
+        self.raw_replica_transaction = false;
         self.router.stats.record_replica_read_only_transaction();
     }
 
@@ -610,7 +623,9 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
                 <C::TransactionManager as TransactionManager<C>>::transaction_manager_status_mut(
                     self.active_mut(),
                 );
-            if matches!(status.transaction_depth(), Ok(None)) {
+            // A transaction manager in error (a COMMIT that failed on a lost
+            // session) has no transaction to stay pinned for either.
+            if !matches!(status.transaction_depth(), Ok(Some(_))) {
                 self.in_replica_transaction = false;
             }
         }
@@ -1047,6 +1062,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         }
         self.wrote = false;
         self.in_replica_transaction = false;
+        self.raw_replica_transaction = false;
         true
     }
 
@@ -1132,8 +1148,20 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
                     .await;
                 if result.is_ok() {
                     self.pin_to_replica_transaction();
+                    self.raw_replica_transaction = true;
                 }
                 Some(result)
+            }
+            // A raw COMMIT inside `build_transaction` would end its transaction
+            // behind diesel's transaction manager.
+            TransactionStatement::End
+                if self.in_replica_transaction && !self.raw_replica_transaction =>
+            {
+                Some(Err(DieselError::QueryBuilderError(Box::new(
+                    Error::InReplicaTransaction {
+                        reason: SwitchReason::TransactionControl,
+                    },
+                ))))
             }
             TransactionStatement::End if self.in_replica_transaction => {
                 self.router.stats.record_statement(Target::Replica);
@@ -1144,6 +1172,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
                     .await;
                 // Ended either way: a failed COMMIT aborts the transaction.
                 self.in_replica_transaction = false;
+                self.raw_replica_transaction = false;
                 Some(result)
             }
             _ => None,

@@ -51,7 +51,7 @@ pub enum Balance {
 
 /// Health of one replica as seen by this pool. All fields are atomics: selection
 /// reads them without a lock.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Health {
     /// Out of rotation until a background probe succeeds.
     ejected: AtomicBool,
@@ -64,6 +64,27 @@ struct Health {
     outstanding: AtomicUsize,
     /// Patroni tags it `noloadbalance`: no reads.
     no_load_balance: AtomicBool,
+    /// The group Patroni's `rwsplit_group` tag puts it in, when the configuration
+    /// gives it none (`NO_GROUP`: none).
+    tag_group: AtomicUsize,
+}
+
+/// No group in [`Health::tag_group`].
+const NO_GROUP: usize = usize::MAX;
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            ejected: AtomicBool::default(),
+            next_probe_at: AtomicU64::default(),
+            consecutive_failures: AtomicU32::default(),
+            probing: AtomicBool::default(),
+            suspecting: AtomicBool::default(),
+            outstanding: AtomicUsize::default(),
+            no_load_balance: AtomicBool::default(),
+            tag_group: AtomicUsize::new(NO_GROUP),
+        }
+    }
 }
 
 struct NodePool<C: SwitchTarget> {
@@ -78,6 +99,14 @@ struct NodePool<C: SwitchTarget> {
 }
 
 impl<C: SwitchTarget> NodePool<C> {
+    /// Its replica group: the configuration's, else Patroni's tag.
+    fn group(&self) -> Option<GroupId> {
+        self.group.or_else(|| {
+            let tagged = self.health.tag_group.load(Ordering::Relaxed);
+            (tagged != NO_GROUP).then_some(tagged)
+        })
+    }
+
     fn name(&self) -> &str {
         &self.name
     }
@@ -171,7 +200,9 @@ struct PoolInner<C: SwitchTarget> {
     backoff: Backoff,
     fallback_to_primary: bool,
     /// Some replica belongs to a group: checkouts try the default group first.
-    grouped: bool,
+    grouped: AtomicBool,
+    /// Every group name the pool or its classifier knows, by group id.
+    group_names: Box<[Arc<str>]>,
     /// Replication lag awareness (absent without replicas). Dropped with the pool,
     /// which stops its task.
     monitor: Option<Monitor>,
@@ -220,13 +251,13 @@ impl<C: SwitchTarget> PoolInner<C> {
     /// and others only when no default replica can.
     fn replica_order(&self, excluding: Option<usize>) -> Vec<usize> {
         let cursor = &self.next_replica;
-        if !self.grouped {
+        if !self.grouped.load(Ordering::Relaxed) {
             return self.order_among(excluding, |_| true, cursor);
         }
-        let mut order = self.order_among(excluding, |i| self.replica(i).group.is_none(), cursor);
+        let mut order = self.order_among(excluding, |i| self.replica(i).group().is_none(), cursor);
         order.extend(self.order_among(
             excluding,
-            |i| self.replica(i).group.is_some(),
+            |i| self.replica(i).group().is_some(),
             &self.next_grouped,
         ));
         order
@@ -238,7 +269,11 @@ impl<C: SwitchTarget> PoolInner<C> {
             // A group the classifier names and no replica carries.
             return Vec::new();
         };
-        self.order_among(excluding, |i| self.replica(i).group == Some(group), cursor)
+        self.order_among(
+            excluding,
+            |i| self.replica(i).group() == Some(group),
+            cursor,
+        )
     }
 
     /// Routable replicas for which `member` holds, in policy order; `cursor` is
@@ -410,11 +445,11 @@ impl<C: SwitchTarget> PoolInner<C> {
     ) -> Option<ReplicaLease<C>> {
         // A read retried after its replica failed goes to another replica of the
         // same group first, if it had one, then to the others.
-        if let Some(group) = excluding.and_then(|failed| self.replica(failed).group) {
+        if let Some(group) = excluding.and_then(|failed| self.replica(failed).group()) {
             let others: Vec<usize> = self
                 .replica_order(excluding)
                 .into_iter()
-                .filter(|i| self.replica(*i).group != Some(group))
+                .filter(|i| self.replica(*i).group() != Some(group))
                 .collect();
             for index in self.group_order(group, excluding).into_iter().chain(others) {
                 if let Some(lease) = self.checkout_replica_at(index).await {
@@ -462,7 +497,7 @@ impl<C: SwitchTarget> PoolInner<C> {
                     handle,
                     index,
                     name: Arc::clone(&node.name),
-                    group: node.group,
+                    group: node.group(),
                 })
             }
             Err(failure) if !failure.kind.is_node_failure() => {
@@ -1224,7 +1259,8 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
     ///     .with_no_client_auth();
     /// config.alpn_protocols = vec![b"postgresql".to_vec()];
     /// let pool = SwitchablePool::<AsyncPgConnection>::builder()
-    ///     .primary(format!("{primary}?sslmode=verify-full"))
+    ///     // `require`: TLS; the custom configuration's verifier decides what is trusted.
+    ///     .primary(format!("{primary}?sslmode=require"))
     ///     .tls_config(config)
     ///     .build()
     ///     .await?;
@@ -1536,6 +1572,14 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             read_bound,
             &replica_group_names,
         );
+        let grouped = !replica_group_names.is_empty();
+        // Patroni's tags may put members in a group the classifier names: every
+        // known group gets its cursor.
+        for name in router.classifier.group_names() {
+            if !replica_group_names.contains(name) {
+                replica_group_names.push(Arc::clone(name));
+            }
+        }
         let seed = u64::from(std::process::id()) << 32
             | u64::from(Instant::now().elapsed().subsec_nanos())
             | 1;
@@ -1555,7 +1599,8 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             balance: self.balance,
             backoff: self.backoff,
             fallback_to_primary: self.fallback_to_primary,
-            grouped: !replica_group_names.is_empty(),
+            grouped: AtomicBool::new(grouped),
+            group_names: replica_group_names.into_boxed_slice(),
             monitor: (!monitored.is_empty())
                 .then(|| Monitor::spawn(monitor_primary, monitored, self.monitor)),
             max_lag_bytes: self.max_lag_bytes,
@@ -1580,7 +1625,11 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             // monitor's probe timeouts.
             let first_round = self.monitor.probe_timeout * 2 + Duration::from_millis(100);
             let _ = tokio::time::timeout(first_round, monitor.wait_next_poll()).await;
-            inner.apply_leader(monitor.leader());
+            // Subscribed before the first value is applied: a change published in
+            // between is then delivered to the follower, never lost.
+            let mut leader_changes = monitor.leader_changes();
+            let first = *leader_changes.borrow_and_update();
+            inner.apply_leader(first);
             #[cfg(feature = "patroni")]
             let follow_patroni = !self.patroni.is_empty();
             #[cfg(not(feature = "patroni"))]
@@ -1594,10 +1643,7 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
                     self.patroni_interval,
                 ));
             } else {
-                tokio::spawn(PoolInner::follow(
-                    Arc::downgrade(&inner),
-                    monitor.leader_changes(),
-                ));
+                tokio::spawn(PoolInner::follow(Arc::downgrade(&inner), leader_changes));
             }
         }
         let source: Arc<dyn NodeSource<C>> = Arc::new(Source(Arc::clone(&inner)));

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use super::{NodePool, PoolInner};
 use crate::connection::{Handle, SwitchTarget};
-use crate::Error;
+use crate::{Error, FailureKind};
 
 /// How soon a writer waiting for a primary looks again when nothing changed.
 const RECHECK: Duration = Duration::from_millis(100);
@@ -119,11 +119,17 @@ impl<C: SwitchTarget> PoolInner<C> {
                     .chain(self.replicas.iter().map(|r| r.name().to_owned()))
                     .collect(),
             },
-            Primary::Discovered(d) => Topology {
-                generation: d.current.load().generation,
-                primary: self.primary.name(),
-                members: d.member_names(),
-            },
+            Primary::Discovered(d) => {
+                // One snapshot for both fields.
+                let current = **d.current.load();
+                Topology {
+                    generation: current.generation,
+                    primary: current
+                        .primary
+                        .map(|index| d.pools[index].load().name().to_owned()),
+                    members: d.member_names(),
+                }
+            }
         }
     }
 
@@ -208,6 +214,22 @@ impl<C: SwitchTarget> PoolInner<C> {
                         }
                         self.primary_reached(d);
                         return Ok(handle);
+                    }
+                    // No failover mends these: say so now, typed, as a fixed
+                    // primary does.
+                    Ok(Err(failure))
+                        if matches!(
+                            failure.kind,
+                            FailureKind::Tls
+                                | FailureKind::Authentication
+                                | FailureKind::Credentials
+                        ) =>
+                    {
+                        return Err(Error::PrimaryUnavailable {
+                            node: pool.name().to_owned(),
+                            kind: failure.kind,
+                            source: failure.into_source(),
+                        })
                     }
                     Ok(Err(failure)) if failure.kind.is_node_failure() => {
                         self.primary_lost(d);
