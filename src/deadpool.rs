@@ -83,12 +83,9 @@ impl<C: SwitchTarget> SwitchableDeadpoolManager<C> {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let pool = SwitchablePool::<C>::builder()
-            .primary(primary_url)
-            .replicas(replica_urls)
-            .build()
-            .await?;
-        Ok(SwitchableDeadpoolManager { pool })
+        Ok(SwitchableDeadpoolManager {
+            pool: crate::manager::default_pool(primary_url, replica_urls).await?,
+        })
     }
 
     /// A manager over an already configured pool (interlock mode, balancing, ...).

@@ -43,6 +43,24 @@ impl<C: SwitchTarget> fmt::Debug for SwitchableManager<C> {
     }
 }
 
+/// A pool over a primary and its replicas with every other setting at its default:
+/// what the adapters' `new` constructors build.
+pub(crate) async fn default_pool<C, I, S>(
+    primary_url: &str,
+    replica_urls: I,
+) -> Result<SwitchablePool<C>, Error>
+where
+    C: SwitchTarget,
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    SwitchablePool::<C>::builder()
+        .primary(primary_url)
+        .replicas(replica_urls)
+        .build()
+        .await
+}
+
 impl<C: SwitchTarget> SwitchableManager<C> {
     /// A manager over a primary and its replicas with every other setting at its
     /// default (see [`SwitchablePoolBuilder`](crate::SwitchablePoolBuilder)).
@@ -51,12 +69,9 @@ impl<C: SwitchTarget> SwitchableManager<C> {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let pool = SwitchablePool::<C>::builder()
-            .primary(primary_url)
-            .replicas(replica_urls)
-            .build()
-            .await?;
-        Ok(SwitchableManager { pool })
+        Ok(SwitchableManager {
+            pool: default_pool(primary_url, replica_urls).await?,
+        })
     }
 
     /// A manager over an already configured pool (interlock mode, balancing, ...).

@@ -856,13 +856,17 @@ fn describe_failure(step: &str, failure: &NodeFailure) -> String {
         return describe(step, error);
     }
     let mut message = format!("{step}: {failure}");
-    let mut source = failure.source.source();
+    append_causes(&mut message, failure.source.source());
+    message
+}
+
+/// `: cause: its cause: …` after `message`.
+fn append_causes(message: &mut String, mut source: Option<&(dyn std::error::Error + 'static)>) {
     while let Some(cause) = source {
         message.push_str(": ");
         message.push_str(&cause.to_string());
         source = cause.source();
     }
-    message
 }
 
 /// A driver error as text: the server's message and SQLSTATE, or the error and its
@@ -878,12 +882,7 @@ fn describe(step: &str, error: &tokio_postgres::Error) -> String {
         );
     }
     let mut message = format!("{step}: {error}");
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
+    append_causes(&mut message, std::error::Error::source(error));
     message
 }
 
