@@ -125,6 +125,8 @@ pub(crate) trait NodeSource<C>: Send + Sync + 'static {
     fn replica_suspect(&self, index: usize, why: &str);
     /// A replica of replica group `group`, or `None` when none of them can serve.
     fn acquire_group_replica(&self, group: GroupId) -> BoxFuture<'static, Option<ReplicaLease<C>>>;
+    /// The generation of the pool's topology (who the primary is); 0 with a fixed primary.
+    fn primary_generation(&self) -> u64;
 }
 
 /// Mark an inner session as not to be reused: its pool discards it when it comes
@@ -238,6 +240,9 @@ pub struct SwitchableConnection<C: SwitchTarget> {
     /// That transaction was begun by a raw `BEGIN … READ ONLY` (only a raw
     /// `COMMIT`/`ROLLBACK` ends it), not by `build_transaction`.
     raw_replica_transaction: bool,
+    /// The topology generation the primary session was checked out in: a connection
+    /// kept by an adapter across units of work is discarded once it changes.
+    primary_generation: u64,
 }
 
 impl<C: SwitchTarget> fmt::Debug for SwitchableConnection<C> {
@@ -291,7 +296,10 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         source: Option<Arc<dyn NodeSource<C>>>,
         router: Arc<Router<C>>,
     ) -> Self {
-        Self::assemble(None, Some(primary), source, None, router)
+        let generation = source.as_ref().map_or(0, |s| s.primary_generation());
+        let mut conn = Self::assemble(None, Some(primary), source, None, router);
+        conn.primary_generation = generation;
+        conn
     }
 
     fn assemble(
@@ -320,6 +328,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             hung_replica_session: None,
             in_replica_transaction: false,
             raw_replica_transaction: false,
+            primary_generation: 0,
         }
     }
 
@@ -546,6 +555,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             .map_err(primary_unavailable)?;
         self.adopt(&mut primary);
         self.primary = Some(primary);
+        self.primary_generation = source.primary_generation();
         if flip.is_some() {
             self.wrote = true;
         }
@@ -1045,6 +1055,15 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
     /// discarded: a panic, a possibly open raw transaction, or a broken connection.
     pub(crate) fn recycle(&mut self) -> bool {
         if std::thread::panicking() || self.raw_transaction_control || self.any_broken() {
+            return false;
+        }
+        // A primary session from before the primary moved is never kept.
+        if self.primary.is_some()
+            && self
+                .source
+                .as_ref()
+                .is_some_and(|s| s.primary_generation() != self.primary_generation)
+        {
             return false;
         }
         self.record_observed_unit();

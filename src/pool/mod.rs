@@ -579,6 +579,10 @@ impl<C: SwitchTarget> NodeSource<C> for Source<C> {
         let inner = Arc::clone(&self.0);
         async move { inner.checkout_group_replica(group).await }.boxed()
     }
+
+    fn primary_generation(&self) -> u64 {
+        self.0.topology_generation()
+    }
 }
 
 /// A pool of [`SwitchableConnection`]s over a primary and its replicas.

@@ -133,6 +133,14 @@ impl<C: SwitchTarget> PoolInner<C> {
         }
     }
 
+    /// The generation of the topology: 0 with a fixed primary.
+    pub(super) fn topology_generation(&self) -> u64 {
+        match &self.primary {
+            Primary::Fixed(_) => 0,
+            Primary::Discovered(d) => d.current.load().generation,
+        }
+    }
+
     /// Follow the monitor's view of who the primary is, until the pool is dropped.
     pub(super) async fn follow(pool: Weak<Self>, mut leader: watch::Receiver<Option<usize>>) {
         loop {
