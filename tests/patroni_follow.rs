@@ -121,11 +121,15 @@ impl Running {
     }
 }
 
-async fn cluster_and_pool(table: &str, rest: bool) -> (PatroniCluster, SwitchablePool) {
+async fn cluster_and_pool(
+    table: &str,
+    rest: bool,
+    tag: (&str, &str),
+) -> (PatroniCluster, SwitchablePool) {
     let cluster = PatroniCluster::builder()
         .members(3)
         .synchronous_mode(true)
-        .tag(2, "noloadbalance", "true")
+        .tag(2, tag.0, tag.1)
         .start()
         .await
         .unwrap();
@@ -148,8 +152,14 @@ async fn cluster_and_pool(table: &str, rest: bool) -> (PatroniCluster, Switchabl
         .batch_execute(&format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY)"))
         .await
         .unwrap();
+    let classifier =
+        diesel_rwsplit::classify::Classifier::builder(diesel_rwsplit::classify::Dialect::Postgres)
+            .heavy_reads(2, "analytics")
+            .build()
+            .unwrap();
     let mut builder = SwitchablePool::builder()
         .nodes(cluster.member_urls())
+        .classifier(classifier)
         .monitor_interval(Duration::from_millis(500))
         .primary_checkout_timeout(Duration::from_secs(60));
     if rest {
@@ -225,7 +235,7 @@ async fn a_planned_switchover_is_followed_through_patronis_rest_api() {
 }
 
 async fn switchover(table: &'static str, rest: bool) {
-    let (cluster, pool) = cluster_and_pool(table, rest).await;
+    let (cluster, pool) = cluster_and_pool(table, rest, ("noloadbalance", "true")).await;
     if rest {
         // Patroni tags member 2 `noloadbalance`: it serves no reads.
         let excluded = port_of(&cluster.member_url(2).unwrap());
@@ -262,7 +272,29 @@ async fn an_unplanned_failover_is_followed_through_patronis_rest_api() {
 }
 
 async fn failover(table: &'static str, rest: bool) {
-    let (cluster, pool) = cluster_and_pool(table, rest).await;
+    let (cluster, pool) = cluster_and_pool(table, rest, ("group", "analytics")).await;
+    if rest && cluster.leader().await.unwrap() != Some(2) {
+        // Patroni tags member 2 `group: analytics`: heavy reads go there, light
+        // reads to the other replica (the default group first).
+        let analytics = port_of(&cluster.member_url(2).unwrap());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for heavy in [true, false, true, false, true, false] {
+            let sql = if heavy {
+                "SELECT inet_server_port() AS port FROM pg_class a JOIN pg_class b ON a.oid = b.oid GROUP BY 1"
+            } else {
+                "SELECT inet_server_port() AS port"
+            };
+            let mut conn = pool.get().await.unwrap();
+            let ran: Ran = diesel::sql_query(sql).get_result(&mut conn).await.unwrap();
+            assert_eq!(
+                ran.port == analytics,
+                heavy,
+                "heavy: {heavy}, ran on {}",
+                ran.port
+            );
+        }
+        assert_eq!(pool.stats().group_reads("analytics"), 3);
+    }
     let running = Running::start(&pool, table);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let old = cluster.kill_leader().await.unwrap();
