@@ -201,7 +201,9 @@ struct PoolInner<C: SwitchTarget> {
     fallback_to_primary: bool,
     /// Some replica belongs to a group: checkouts try the default group first.
     grouped: AtomicBool,
-    /// Every group name the pool or its classifier knows, by group id.
+    /// Every group name the pool or its classifier knows, by group id (Patroni's
+    /// `group` tags are matched against them).
+    #[cfg_attr(not(feature = "patroni"), allow(dead_code))]
     group_names: Box<[Arc<str>]>,
     /// Replication lag awareness (absent without replicas). Dropped with the pool,
     /// which stops its task.
