@@ -137,7 +137,8 @@ async fn pause_resume_and_delay() {
     assert_eq!(cluster.replica_gtid(0).await.unwrap(), moved_on);
     assert_eq!(count(&replica).await, 2);
 
-    // A 2 s delay: a new row is not there after 1 s, is there within 5 s.
+    // 1.5 s, rounded up to MariaDB's whole seconds: a new row is not there after
+    // 1 s, and is there within 5 s, no sooner than 1.5 s after it was written.
     cluster
         .set_replication_delay(0, Duration::from_millis(1500))
         .await
