@@ -184,6 +184,15 @@ pub enum Error {
         missing: Vec<String>,
     },
 
+    /// The MariaDB programs a [`MariaCluster`](crate::testing::MariaCluster) needs
+    /// (`mariadbd`, `mariadb-install-db`) were not found.
+    #[cfg(feature = "testing")]
+    #[error("{}", mariadb_not_found_message(missing))]
+    MariaDbNotFound {
+        /// What is missing and every place it was looked for.
+        missing: Vec<String>,
+    },
+
     /// Text that should be a [`CausalToken`](crate::CausalToken) is not one (the
     /// input is not repeated: it may be long or come from a client).
     #[error("invalid causal token: {reason}")]
@@ -401,6 +410,10 @@ pub enum ClusterStep {
     Switchover,
     /// Killing a member's Patroni and PostgreSQL (an unplanned failover).
     Kill,
+    /// `mariadb-install-db` of a MariaDB cluster (users and database included).
+    InstallDb,
+    /// Setting up, starting, stopping or changing MariaDB replication on a replica.
+    Replication,
 }
 
 #[cfg(feature = "testing")]
@@ -430,6 +443,8 @@ impl fmt::Display for ClusterStep {
             ClusterStep::WaitLeader => "waiting for a Patroni leader",
             ClusterStep::Switchover => "switching over",
             ClusterStep::Kill => "killing the member",
+            ClusterStep::InstallDb => "mariadb-install-db",
+            ClusterStep::Replication => "setting up or changing replication",
         })
     }
 }
@@ -467,6 +482,23 @@ fn patroni_not_found_message(missing: &[String]) -> String {
          && /opt/rwsplit/patroni-venv/bin/pip install 'patroni[etcd3]' 'psycopg[binary]'\n\
          or point RWSPLIT_PATRONI_BIN at a directory holding patroni and patronictl \
          (readable by the user the servers run as).",
+    );
+    message
+}
+
+#[cfg(feature = "testing")]
+fn mariadb_not_found_message(missing: &[String]) -> String {
+    let mut message = String::from("MariaDB cluster: required programs not found:\n");
+    for what in missing {
+        message.push_str("  - ");
+        message.push_str(what);
+        message.push('\n');
+    }
+    message.push_str(
+        "Install them (Debian/Ubuntu, as root; .ci/run does the same):\n  \
+         apt-get install mariadb-server   (with a policy-rc.d that exits 101, so the package starts no server;\n  \
+         mariadbd lands in /usr/sbin, mariadb-install-db in /usr/bin)\n\
+         or point RWSPLIT_MARIADB_BINDIR at a directory holding them.",
     );
     message
 }

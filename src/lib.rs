@@ -13,7 +13,7 @@
 //! |------------|---------|--------------|
 //! | `postgres` | yes     | PostgreSQL support through diesel-async's `AsyncPgConnection` |
 //! | `tls`      | yes     | TLS on every connection the crate opens (rustls), as the URLs' `sslmode`, `sslrootcert`, `sslcert`, `sslkey` say; without it a URL that asks for TLS is a configuration error |
-//! | `testing`  | no      | [`testing::LocalCluster`]: a throwaway primary + streaming replicas built from the machine's PostgreSQL binaries, with fault injection, for your own tests, and [`testing::PatroniCluster`]: the same servers managed by Patroni over etcd, for switchover and failover tests |
+//! | `testing`  | no      | [`testing::LocalCluster`]: a throwaway primary + streaming replicas built from the machine's PostgreSQL binaries, with fault injection, for your own tests, [`testing::PatroniCluster`]: the same servers managed by Patroni over etcd, for switchover and failover tests; and [`testing::MariaCluster`]: a throwaway MariaDB primary + GTID replicas |
 //! | `deadpool` | no      | [`SwitchableDeadpool`]: a deadpool pool of switchable connections, for services that keep a deadpool `Pool` (the counterpart of the bb8 adapter [`SwitchableManager`]) |
 //! | `axum`     | no      | [`axum`] extractors for replica-first and primary connections, and a `/metrics` handler |
 //! | `metrics`  | no      | every counter and gauge of [`SwitchablePool::to_prometheus`], under the same names and labels, published through the [`metrics`](https://docs.rs/metrics) facade to the application's recorder (Prometheus exporter, OpenTelemetry): [`SwitchablePool::publish_metrics`], [`SwitchablePoolBuilder::metrics_interval`] |

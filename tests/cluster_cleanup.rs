@@ -1,5 +1,5 @@
-//! No postgres process outlives the process that started a `LocalCluster`, however
-//! that process ends: dropping the cluster, panicking, `process::exit` (no
+//! No postgres process outlives the process that started a `LocalCluster`, and no
+//! mariadbd process the one that started a `MariaCluster`, however that process ends: dropping the cluster, panicking, `process::exit` (no
 //! destructors run), or SIGKILL (nothing of ours runs at all; the watchdog acts).
 //!
 //! `harness = false`: this binary re-executes itself as the cluster's owner.
@@ -9,33 +9,59 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use diesel_rwsplit::testing::{process_is_gone, LocalCluster};
+use diesel_rwsplit::testing::{process_is_gone, LocalCluster, MariaCluster};
 
 const CHILD_MODE: &str = "RWSPLIT_CLEANUP_CHILD_MODE";
 const MODES: [&str; 4] = ["drop", "panic", "exit", "sigkill"];
+/// MariaDB: the harness's own test covers drop; these are the endings the watchdog handles.
+const MARIA_MODES: [&str; 3] = ["panic", "exit", "sigkill"];
 
 fn main() {
     if let Ok(mode) = std::env::var(CHILD_MODE) {
         own_a_cluster_then_end(&mode);
         return;
     }
-    for mode in MODES {
+    let runs = MODES
+        .iter()
+        .map(|mode| ("postgres", *mode))
+        .chain(MARIA_MODES.iter().map(|mode| ("mariadbd", *mode)));
+    let mut passed = 0;
+    for (server, mode) in runs {
         let started = Instant::now();
-        check_nothing_outlives(mode);
-        println!("test cleanup_after_{mode} ... ok ({:?})", started.elapsed());
+        check_nothing_outlives(server, mode);
+        let name = match server {
+            "postgres" => format!("cleanup_after_{mode}"),
+            _ => format!("mariadb_cleanup_after_{mode}"),
+        };
+        println!("test {name} ... ok ({:?})", started.elapsed());
+        passed += 1;
     }
-    println!("\ntest result: ok. {} passed; 0 failed", MODES.len());
+    println!("\ntest result: ok. {passed} passed; 0 failed");
 }
 
 /// The child: start a cluster, report its pids and dir, wait for "go", then end as told.
 fn own_a_cluster_then_end(mode: &str) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let cluster = runtime.block_on(LocalCluster::start(2)).unwrap();
-    let mut pids = vec![cluster.primary_pid().unwrap()];
-    pids.extend((0..2).map(|i| cluster.replica_pid(i).unwrap().unwrap()));
+    let (server, mode) = mode.split_once(':').unwrap();
+    let (cluster, pids, dir): (Box<dyn std::any::Any>, Vec<u32>, PathBuf) = match server {
+        "postgres" => {
+            let cluster = runtime.block_on(LocalCluster::start(2)).unwrap();
+            let mut pids = vec![cluster.primary_pid().unwrap()];
+            pids.extend((0..2).map(|i| cluster.replica_pid(i).unwrap().unwrap()));
+            let dir = cluster.dir().to_path_buf();
+            (Box::new(cluster), pids, dir)
+        }
+        _ => {
+            let cluster = runtime.block_on(MariaCluster::start(2)).unwrap();
+            let mut pids = vec![cluster.primary_pid().unwrap()];
+            pids.extend((0..2).map(|i| cluster.replica_pid(i).unwrap().unwrap()));
+            let dir = cluster.dir().to_path_buf();
+            (Box::new(cluster), pids, dir)
+        }
+    };
     let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
     println!("PIDS {}", pids.join(" "));
-    println!("DIR {}", cluster.dir().display());
+    println!("DIR {}", dir.display());
     std::io::stdout().flush().unwrap();
     let mut go = String::new();
     std::io::stdin().read_line(&mut go).unwrap();
@@ -48,9 +74,9 @@ fn own_a_cluster_then_end(mode: &str) {
     }
 }
 
-fn check_nothing_outlives(mode: &str) {
+fn check_nothing_outlives(server: &str, mode: &str) {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .env(CHILD_MODE, mode)
+        .env(CHILD_MODE, format!("{server}:{mode}"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -72,8 +98,8 @@ fn check_nothing_outlives(mode: &str) {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         assert_eq!(
             comm.trim(),
-            "postgres",
-            "{mode}: pid {pid} is not a live postgres before the end"
+            server,
+            "{mode}: pid {pid} is not a live {server} before the end"
         );
     }
     assert!(dir.is_dir());
@@ -105,7 +131,7 @@ fn check_nothing_outlives(mode: &str) {
         }
         assert!(
             Instant::now() < deadline,
-            "{mode}: postgres {alive:?} or {} outlived the test process",
+            "{mode}: {server} {alive:?} or {} outlived the test process",
             dir.display()
         );
         std::thread::sleep(Duration::from_millis(50));

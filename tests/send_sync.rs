@@ -2,7 +2,7 @@
 
 use diesel_async::AsyncPgConnection;
 use diesel_rwsplit::classify::{Classifier, Verdict};
-use diesel_rwsplit::testing::LocalCluster;
+use diesel_rwsplit::testing::{LocalCluster, MariaCluster};
 use diesel_rwsplit::{
     Error, InterlockMode, PooledConnection, StatsSnapshot, SwitchableConnection, SwitchablePool,
 };
@@ -21,6 +21,7 @@ fn pools_connections_and_values_are_send_and_sync() {
     send_sync::<StatsSnapshot>();
     send_sync::<Error>();
     send_sync::<LocalCluster>();
+    send_sync::<MariaCluster>();
 }
 
 /// Futures a handler awaits must be `Send` to run on a multi-threaded runtime.

@@ -1,4 +1,4 @@
-//! Finding the PostgreSQL server binaries.
+//! Finding the PostgreSQL server binaries (and Patroni's and MariaDB's programs).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -226,6 +226,87 @@ impl PatroniSearch {
     }
 }
 
+/// Environment variable naming a directory searched first for MariaDB's
+/// `mariadbd` and `mariadb-install-db` (see [`MariaCluster`](super::MariaCluster)).
+pub const MARIADB_BINDIR_ENV: &str = "RWSPLIT_MARIADB_BINDIR";
+
+/// The programs a MariaDB cluster runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct MariaPrograms {
+    pub(super) mariadbd: PathBuf,
+    pub(super) install_db: PathBuf,
+}
+
+/// Where to look for MariaDB's programs, made explicit for tests.
+#[derive(Debug, Clone)]
+pub(super) struct MariaSearch {
+    pub(super) explicit: Option<PathBuf>,
+    pub(super) env_bindir: Option<OsString>,
+    pub(super) path: Option<OsString>,
+    /// Debian's places: `mariadbd` in `/usr/sbin`, `mariadb-install-db` in `/usr/bin`.
+    pub(super) fallbacks: Vec<PathBuf>,
+}
+
+impl MariaSearch {
+    /// The real search: an explicit directory, `RWSPLIT_MARIADB_BINDIR`, `PATH`,
+    /// `/usr/sbin`, `/usr/bin`.
+    pub(super) fn from_env(explicit: Option<PathBuf>) -> Self {
+        MariaSearch {
+            explicit,
+            env_bindir: std::env::var_os(MARIADB_BINDIR_ENV).filter(|v| !v.is_empty()),
+            path: std::env::var_os("PATH"),
+            fallbacks: vec![PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")],
+        }
+    }
+
+    /// Each program from the first place that has it (the two may live in different
+    /// directories, as on Debian), or an error naming what is missing and where it
+    /// was looked for.
+    pub(super) fn find(&self) -> Result<MariaPrograms> {
+        let mut places: Vec<(PathBuf, String)> = Vec::new();
+        if let Some(dir) = &self.explicit {
+            places.push((dir.clone(), format!("explicit bindir {}", dir.display())));
+        }
+        if let Some(dir) = &self.env_bindir {
+            let dir = PathBuf::from(dir);
+            let label = format!("{MARIADB_BINDIR_ENV}={}", dir.display());
+            places.push((dir, label));
+        }
+        for dir in self.path.iter().flat_map(std::env::split_paths) {
+            places.push((dir, "PATH".to_owned()));
+        }
+        for dir in &self.fallbacks {
+            places.push((dir.clone(), dir.display().to_string()));
+        }
+        let mut missing = Vec::new();
+        let mut find = |program: &str| {
+            let found = places
+                .iter()
+                .map(|(dir, _)| dir.join(program))
+                .find(|candidate| is_executable(candidate));
+            if found.is_none() {
+                let mut labels: Vec<&str> = Vec::new();
+                for (_, label) in &places {
+                    if !labels.contains(&label.as_str()) {
+                        labels.push(label);
+                    }
+                }
+                missing.push(format!("{program}: not in {}", labels.join(", ")));
+            }
+            found
+        };
+        let mariadbd = find("mariadbd");
+        let install_db = find("mariadb-install-db");
+        match (mariadbd, install_db) {
+            (Some(mariadbd), Some(install_db)) => Ok(MariaPrograms {
+                mariadbd,
+                install_db,
+            }),
+            _ => Err(Error::MariaDbNotFound { missing }),
+        }
+    }
+}
+
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -386,5 +467,38 @@ mod tests {
             search.find().unwrap().patronictl,
             tree.0.join("other/patronictl")
         );
+    }
+    #[test]
+    fn mariadb_search_names_what_is_missing_and_how_to_install_it() {
+        let tree = FakeTree::new("mariadb");
+        let search = MariaSearch {
+            explicit: None,
+            env_bindir: Some(tree.0.join("env").into_os_string()),
+            path: Some(OsString::new()),
+            fallbacks: vec![tree.0.join("sbin"), tree.0.join("bin")],
+        };
+        let err = search.find().unwrap_err();
+        let Error::MariaDbNotFound { missing } = &err else {
+            panic!("unexpected error {err:?}");
+        };
+        assert_eq!(missing.len(), 2, "{missing:?}");
+        let text = err.to_string();
+        for expected in [
+            "mariadbd",
+            "mariadb-install-db",
+            MARIADB_BINDIR_ENV,
+            "apt-get install mariadb-server",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        // Debian's split: the server in sbin, the installer in bin.
+        executable(&tree.0.join("sbin/mariadbd"));
+        executable(&tree.0.join("bin/mariadb-install-db"));
+        let found = search.find().unwrap();
+        assert_eq!(found.mariadbd, tree.0.join("sbin/mariadbd"));
+        assert_eq!(found.install_db, tree.0.join("bin/mariadb-install-db"));
+        // The variable's directory comes first.
+        executable(&tree.0.join("env/mariadbd"));
+        assert_eq!(search.find().unwrap().mariadbd, tree.0.join("env/mariadbd"));
     }
 }

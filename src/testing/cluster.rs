@@ -50,7 +50,7 @@ const MAX_SOCKET_DIR: usize = 90;
 
 /// A password, kept out of `Debug` output.
 #[derive(Clone)]
-struct Secret(String);
+pub(super) struct Secret(pub(super) String);
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -1312,7 +1312,7 @@ fn append(path: &Path, text: &str) -> std::io::Result<()> {
 }
 
 /// Run blocking process work off the async threads.
-async fn blocking<F>(work: F) -> std::result::Result<(), BoxError>
+pub(super) async fn blocking<F>(work: F) -> std::result::Result<(), BoxError>
 where
     F: FnOnce() -> std::io::Result<()> + Send + 'static,
 {

@@ -60,24 +60,45 @@
 //! # let _ = (urls, leader); Ok(()) }
 //! ```
 //!
+//! [`MariaCluster`] is the same kind of throwaway for MySQL-protocol code: a
+//! MariaDB primary and GTID replicas, with an unprivileged application account
+//! that `read_only` really stops on the replicas:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), diesel_rwsplit::Error> {
+//! use std::time::Duration;
+//! use diesel_rwsplit::testing::MariaCluster;
+//!
+//! let cluster = MariaCluster::builder().replicas(2).start().await?; // ~1.5 s
+//! let url = cluster.primary_url(); // mysql://app:PASSWORD@127.0.0.1:PORT/test
+//! cluster.pause_replication(1).await?;
+//! cluster.resume_replication(1).await?;
+//! cluster.wait_for_replicas(Duration::from_secs(5)).await?;
+//! # let _ = url; Ok(()) }
+//! ```
+//!
 //! Requirements: PostgreSQL server binaries (`initdb`, `postgres`,
 //! `pg_basebackup`); see [`LocalClusterBuilder::pg_bindir`] for where they are
-//! looked for. On Debian/Ubuntu: `apt-get install postgresql`.
+//! looked for. On Debian/Ubuntu: `apt-get install postgresql`. `MariaCluster`
+//! needs `mariadbd` and `mariadb-install-db` (`apt-get install mariadb-server`;
+//! see [`MariaClusterBuilder::mariadb_bindir`]).
 
 mod binaries;
 mod cluster;
 mod example;
 mod faults;
+mod mariadb;
 mod node;
 mod patroni;
 mod process;
 mod template;
 mod tls;
 
-pub use binaries::{BINDIR_ENV, DEFAULT_PATRONI_VENV, PATRONI_BIN_ENV};
+pub use binaries::{BINDIR_ENV, DEFAULT_PATRONI_VENV, MARIADB_BINDIR_ENV, PATRONI_BIN_ENV};
 pub use cluster::{ClusterUrls, LocalCluster, LocalClusterBuilder, NodeStatus};
 pub use example::{run_example_migrations, schema, EXAMPLE_MIGRATIONS};
 pub use faults::{Fault, FaultNode, FaultStep, Faults};
+pub use mariadb::{MariaCluster, MariaClusterBuilder};
 pub use patroni::{PatroniCluster, PatroniClusterBuilder, PatroniMember, PatroniStatus};
 pub use process::is_gone as process_is_gone;
 pub use tls::other_ca_pem;

@@ -220,12 +220,24 @@ pub(super) fn stop_server(pid: u32, mut child: Option<&mut Child>) -> bool {
     wait_exit(pid, child, Duration::from_secs(5))
 }
 
+/// Stop a server that shuts down on SIGTERM (`mariadbd`): SIGCONT (a frozen server
+/// cannot act on anything else), SIGTERM, then SIGKILL after `grace`.
+pub(super) fn stop_by_sigterm(pid: u32, mut child: Option<&mut Child>, grace: Duration) -> bool {
+    let _ = signal_pid(pid, libc::SIGCONT);
+    if signal_pid(pid, libc::SIGTERM).is_err() || wait_exit(pid, child.as_deref_mut(), grace) {
+        return true;
+    }
+    let _ = signal_pid(pid, libc::SIGKILL);
+    wait_exit(pid, child, Duration::from_secs(5))
+}
+
 /// The shell script the watchdog runs. It blocks until its stdin reaches end-of-file,
 /// which happens when the process holding the other end exits, however it exits
 /// (drop, `process::exit`, panic abort, SIGKILL), then kills every process named by
 /// a `*.pid` file at the top of the cluster directory whose command line names the
 /// directory (a Patroni cluster's Patroni members and etcd: Patroni first, so that
-/// it restarts nothing), stops every server whose `postmaster.pid` is still in the
+/// it restarts nothing; a MariaDB cluster's `mariadbd` servers, whose
+/// `--defaults-file` is in the directory), stops every server whose `postmaster.pid` is still in the
 /// cluster directory and removes the directory.
 const WATCHDOG_SCRIPT: &str = r#"
 dir="$1"
