@@ -90,16 +90,14 @@ pub enum Error {
     },
 
     /// A read-only transaction runs on a replica from `BEGIN` to its end, so nothing
-    /// inside it can move the connection to the primary or outlive it in the pooled
-    /// replica session: a hook, an explicit switch, a statement that changes session
-    /// state (`SET`, `LISTEN`, advisory locks), transaction control that would end
-    /// the transaction behind diesel's back (a raw `COMMIT` inside
-    /// `build_transaction`, or a `COMMIT` sent through `execute` rather than
-    /// `batch_execute`), or anything else the classifier cannot prove read-only
-    /// was refused. Nothing was run. (A write statement inside it is sent to the
-    /// replica, which refuses it as PostgreSQL refuses any write in a read-only
-    /// transaction, SQLSTATE 25006.)
-    #[error("inside a read-only transaction on a replica: cannot switch to the primary ({reason}); end the transaction first")]
+    /// inside it may move the connection to the primary, outlive it in the pooled
+    /// replica session, or begin or end a transaction behind diesel's back: a hook or
+    /// an explicit switch, session state (`SET`, `LISTEN`; `SET LOCAL` is fine), a
+    /// raw `COMMIT` inside `build_transaction`, or a `COMMIT` sent through `execute`
+    /// rather than `batch_execute`, was refused. Nothing was run. (A write inside it
+    /// runs on the replica, which refuses it as PostgreSQL refuses any write in a
+    /// read-only transaction, SQLSTATE 25006.)
+    #[error("inside a read-only transaction on a replica: refused ({reason}); nothing was run; end the transaction first")]
     InReplicaTransaction {
         /// What asked for the primary.
         reason: crate::SwitchReason,

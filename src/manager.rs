@@ -107,6 +107,16 @@ impl<C: SwitchTarget> bb8::ManageConnection for SwitchableManager<C> {
 pub(crate) async fn validate<C: SwitchTarget>(
     conn: &mut SwitchableConnection<C>,
 ) -> Result<(), Error> {
+    if conn.holds_stale_primary() {
+        // The primary moved while it sat idle: its primary session may be on a
+        // demoted node. Never handed out again.
+        return Err(Error::Node {
+            node: "pooled switchable connection".into(),
+            step: NodeStep::Validate,
+            kind: crate::FailureKind::NotAccepting,
+            source: "its primary session is from before the primary moved".into(),
+        });
+    }
     conn.batch_execute("SELECT 1")
         .await
         .map_err(|e| Error::Node {

@@ -466,6 +466,23 @@ async fn nothing_inside_a_replica_transaction_outlives_it_or_ends_it_behind_dies
         Some(SwitchReason::TransactionControl),
         "{error:?}"
     );
+    // What ends with the transaction is fine inside it.
+    let scoped: Where = conn
+        .build_transaction()
+        .read_only()
+        .run(async |conn| {
+            diesel::sql_query("SET LOCAL statement_timeout = 5000")
+                .execute(conn)
+                .await?;
+            diesel::sql_query("DECLARE c CURSOR FOR SELECT 1")
+                .execute(conn)
+                .await?;
+            conn.batch_execute("SAVEPOINT s1").await?;
+            diesel::sql_query(WHERE).get_result(conn).await
+        })
+        .await
+        .unwrap();
+    assert!(scoped.standby, "{scoped:?}");
     // The replica session is as it was: read-only, on the replica, usable.
     assert_eq!(conn.target(), Target::Replica);
     let after: Where = diesel::sql_query(WHERE)
@@ -507,12 +524,14 @@ async fn a_failed_commit_unpins_the_connection() {
                 .find(|url| port_of(url) == inside.port)
                 .unwrap();
             common::terminate(&replica, pid).await;
-            Ok::<_, DieselError>(())
+            // Rolled back on a dead session: the rollback fails too, and diesel's
+            // transaction manager is left in error.
+            Err::<(), _>(DieselError::RollbackTransaction)
         })
         .await;
     assert!(
         result.is_err(),
-        "the COMMIT cannot succeed on a terminated session"
+        "the ROLLBACK cannot succeed on a terminated session"
     );
     // Not pinned to the dead session any more: the next read goes elsewhere.
     let after: Where = diesel::sql_query(WHERE)

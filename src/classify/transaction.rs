@@ -13,6 +13,10 @@ pub(crate) enum TransactionStatement {
     /// One `COMMIT`, `END`, `ABORT` or `ROLLBACK` that ends the transaction (not
     /// `ROLLBACK TO SAVEPOINT`, not `… AND CHAIN`).
     End,
+    /// One statement whose effect ends with the transaction: `SET LOCAL`,
+    /// `SET TRANSACTION`, `SAVEPOINT`, `RELEASE`, `ROLLBACK TO`, a cursor declared
+    /// without `WITH HOLD`, `FETCH`, `MOVE`, `CLOSE`.
+    Scoped,
 }
 
 /// `Some` when `sql` is exactly one statement of those kinds (comments and a
@@ -41,6 +45,18 @@ pub(crate) fn transaction_statement(sql: &str, dialect: Dialect) -> Option<Trans
         let refused = has_pair("READ", "WRITE") || has("SERIALIZABLE");
         return (read_only && !refused).then_some(TransactionStatement::BeginReadOnly);
     }
+    let second = |kw: &str| tokens.get(1).is_some_and(|t| t.is_kw(kw));
+    let scoped = (first.is_kw("SET") && (second("LOCAL") || second("TRANSACTION")))
+        || first.is_kw("SAVEPOINT")
+        || first.is_kw("RELEASE")
+        || (first.is_kw("ROLLBACK") && has("TO"))
+        || (first.is_kw("DECLARE") && !has_pair("WITH", "HOLD"))
+        || first.is_kw("FETCH")
+        || first.is_kw("MOVE")
+        || first.is_kw("CLOSE");
+    if scoped {
+        return Some(TransactionStatement::Scoped);
+    }
     if first.is_kw("COMMIT")
         || first.is_kw("END")
         || first.is_kw("ABORT")
@@ -56,7 +72,7 @@ pub(crate) fn transaction_statement(sql: &str, dialect: Dialect) -> Option<Trans
 
 #[cfg(test)]
 mod tests {
-    use super::TransactionStatement::{BeginReadOnly, End};
+    use super::TransactionStatement::{BeginReadOnly, End, Scoped};
     use super::*;
 
     #[test]
@@ -83,13 +99,28 @@ mod tests {
             ("ABORT", Some(End)),
             ("ROLLBACK", Some(End)),
             ("ROLLBACK TRANSACTION", Some(End)),
-            ("ROLLBACK TO SAVEPOINT s1", None),
-            ("ROLLBACK TO s1", None),
+            ("ROLLBACK TO SAVEPOINT s1", Some(Scoped)),
+            ("ROLLBACK TO s1", Some(Scoped)),
             ("COMMIT AND CHAIN", None),
             ("COMMIT AND NO CHAIN", Some(End)),
             ("COMMIT PREPARED 'x'", None),
-            ("RELEASE SAVEPOINT s1", None),
-            ("SAVEPOINT s1", None),
+            ("RELEASE SAVEPOINT s1", Some(Scoped)),
+            ("SAVEPOINT s1", Some(Scoped)),
+            ("SET LOCAL statement_timeout = 100", Some(Scoped)),
+            (
+                "set transaction isolation level repeatable read",
+                Some(Scoped),
+            ),
+            ("SET statement_timeout = 100", None),
+            (
+                "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+                None,
+            ),
+            ("DECLARE c CURSOR FOR SELECT 1", Some(Scoped)),
+            ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", None),
+            ("FETCH 10 FROM c", Some(Scoped)),
+            ("CLOSE c", Some(Scoped)),
+            ("SET LOCAL a = 1; SET b = 2", None),
             ("BEGIN READ ONLY -- unterminated '", Some(BeginReadOnly)),
             ("BEGIN READ ONLY /* unterminated", None),
         ];

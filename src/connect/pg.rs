@@ -83,9 +83,16 @@ impl PgEndpoint {
                 "the number of ports is neither one nor one per host",
             ));
         }
-        if hosts == 0 && parsed.tls.mode.requires_tls() {
+        if hosts > 0 && addrs > 0 && hosts != addrs {
             return Err(bad_url(
-                "TLS needs the server's name: give host (with hostaddr for the address)",
+                "host and hostaddr name different numbers of servers",
+            ));
+        }
+        if hosts == 0 && parsed.tls.mode.requires_tls() {
+            // libpq needs the name only for verify-full; rustls needs one to start a
+            // handshake at all.
+            return Err(bad_url(
+                "TLS through this crate needs the server's name: give host (with hostaddr for the address)",
             ));
         }
         #[cfg(not(feature = "tls"))]

@@ -117,7 +117,8 @@ pub(crate) type Handle<C> = NodeConnection<C>;
 /// Where a connection gets nodes from (its pool): the primary at the first flip,
 /// another replica when a read must be retried.
 pub(crate) trait NodeSource<C>: Send + Sync + 'static {
-    fn acquire_primary(&self) -> BoxFuture<'static, Result<Handle<C>, Error>>;
+    /// A primary session and the topology generation it was checked out in.
+    fn acquire_primary(&self) -> BoxFuture<'static, Result<(Handle<C>, u64), Error>>;
     /// An admitted replica other than `failed`, or `None` when there is none.
     fn acquire_other_replica(&self, failed: usize) -> BoxFuture<'static, Option<ReplicaLease<C>>>;
     /// A replica lost a session or did not answer a read: probe it with a new
@@ -234,8 +235,8 @@ pub struct SwitchableConnection<C: SwitchTarget> {
     /// Set by a bounded row stream whose rows stopped coming (see
     /// `bound_rest_of_read`); made on first use, only with a read bound.
     hung_replica_session: Option<Arc<AtomicBool>>,
-    /// A read-only transaction is open on the replica: every statement runs there,
-    /// unjudged, until it ends (a transaction runs on one node).
+    /// A read-only transaction is open on the replica: every statement runs there
+    /// or is refused, until it ends (a transaction runs on one node).
     in_replica_transaction: bool,
     /// That transaction was begun by a raw `BEGIN … READ ONLY` (only a raw
     /// `COMMIT`/`ROLLBACK` ends it), not by `build_transaction`.
@@ -295,8 +296,8 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         primary: Handle<C>,
         source: Option<Arc<dyn NodeSource<C>>>,
         router: Arc<Router<C>>,
+        generation: u64,
     ) -> Self {
-        let generation = source.as_ref().map_or(0, |s| s.primary_generation());
         let mut conn = Self::assemble(None, Some(primary), source, None, router);
         conn.primary_generation = generation;
         conn
@@ -462,25 +463,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             });
         }
         if self.in_replica_transaction {
-            // Still judged: only reads run, and writes, which PostgreSQL refuses in
-            // a read-only transaction (25006) as it would anywhere. Session state,
-            // transaction control and everything else doubtful are refused before
-            // they run: they would outlive the transaction in a pooled replica
-            // session, or end it behind diesel's back.
-            let reason = match judge(self)?.0 {
-                Verdict::Replica
-                | Verdict::Primary(SwitchReason::WriteStatement | SwitchReason::LockingRead)
-                    if !hook =>
-                {
-                    stats.record_statement(Target::Replica);
-                    return Ok(Plan::Direct(Target::Replica, None));
-                }
-                Verdict::Replica => SwitchReason::Explicit,
-                Verdict::Primary(reason) => reason,
-            };
-            return Err(DieselError::QueryBuilderError(Box::new(
-                Error::InReplicaTransaction { reason },
-            )));
+            return self.decide_in_replica_transaction(judge, hook);
         }
         if self.target() == Target::Primary || self.source.is_none() {
             if self.after_write.is_some() && !self.wrote {
@@ -517,6 +500,55 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         }
     }
 
+    /// Inside a read-only transaction pinned to the replica, statements are still
+    /// judged. Reads run. Statements whose effect ends with the transaction
+    /// (`SET LOCAL`, `SAVEPOINT`, cursors, `SET TRANSACTION`) run. Writes run and
+    /// PostgreSQL refuses them as in any read-only transaction (25006); whatever
+    /// else such a statement (`DO`, `CALL`, a function) may have changed cannot be
+    /// known, so the session is discarded when the connection goes back. Refused
+    /// before they run: hooks, session state that would outlive the transaction
+    /// (`SET`, `LISTEN`), and transaction control that would begin or end a
+    /// transaction behind diesel's back.
+    fn decide_in_replica_transaction(
+        &mut self,
+        judge: impl FnOnce(&Self) -> QueryResult<(Verdict, Option<SqlText>)>,
+        hook: bool,
+    ) -> QueryResult<Plan> {
+        use crate::classify::TransactionStatement;
+        let (verdict, sql) = judge(self)?;
+        let scoped = sql.as_deref().is_some_and(|sql| {
+            crate::classify::transaction_statement(sql, C::DIALECT)
+                == Some(TransactionStatement::Scoped)
+        });
+        let refused = match verdict {
+            _ if hook => Some(verdict.reason().unwrap_or(SwitchReason::Explicit)),
+            Verdict::Replica => None,
+            Verdict::Primary(
+                SwitchReason::TransactionBegin
+                | SwitchReason::TransactionControl
+                | SwitchReason::SessionState,
+            ) if scoped => None,
+            Verdict::Primary(
+                reason @ (SwitchReason::TransactionBegin
+                | SwitchReason::TransactionControl
+                | SwitchReason::SessionState),
+            ) => Some(reason),
+            Verdict::Primary(_) => {
+                self.raw_transaction_control = true;
+                None
+            }
+        };
+        match refused {
+            Some(reason) => Err(DieselError::QueryBuilderError(Box::new(
+                Error::InReplicaTransaction { reason },
+            ))),
+            None => {
+                self.router.stats.record_statement(Target::Replica);
+                Ok(Plan::Direct(Target::Replica, None))
+            }
+        }
+    }
+
     fn fingerprint(&self, sql: Option<&str>) -> Option<(u64, String)> {
         sql.map(|sql| {
             let fingerprint = self.router.classifier.fingerprint(sql);
@@ -549,13 +581,13 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         let Some(source) = self.source.clone() else {
             return Ok(());
         };
-        let mut primary = source
+        let (mut primary, generation) = source
             .acquire_primary()
             .await
             .map_err(primary_unavailable)?;
         self.adopt(&mut primary);
         self.primary = Some(primary);
-        self.primary_generation = source.primary_generation();
+        self.primary_generation = generation;
         if flip.is_some() {
             self.wrote = true;
         }
@@ -1057,13 +1089,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         if std::thread::panicking() || self.raw_transaction_control || self.any_broken() {
             return false;
         }
-        // A primary session from before the primary moved is never kept.
-        if self.primary.is_some()
-            && self
-                .source
-                .as_ref()
-                .is_some_and(|s| s.primary_generation() != self.primary_generation)
-        {
+        if self.holds_stale_primary() {
             return false;
         }
         self.record_observed_unit();
@@ -1083,6 +1109,17 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         self.in_replica_transaction = false;
         self.raw_replica_transaction = false;
         true
+    }
+
+    /// It holds a primary session from before the primary moved: never kept, never
+    /// handed out again (the adapters check it when a connection comes back and
+    /// before they hand it out).
+    pub(crate) fn holds_stale_primary(&self) -> bool {
+        self.primary.is_some()
+            && self
+                .source
+                .as_ref()
+                .is_some_and(|s| s.primary_generation() != self.primary_generation)
     }
 
     fn record_observed_unit(&mut self) {
@@ -1413,7 +1450,7 @@ impl<C: SwitchTarget> AsyncConnection for SwitchableConnection<C> {
             None,
             &[],
         );
-        Ok(Self::on_primary(Box::new(Box::new(conn)), None, router))
+        Ok(Self::on_primary(Box::new(Box::new(conn)), None, router, 0))
     }
 
     fn transaction_state(

@@ -64,7 +64,7 @@ struct Health {
     outstanding: AtomicUsize,
     /// Patroni tags it `noloadbalance`: no reads.
     no_load_balance: AtomicBool,
-    /// The group Patroni's `rwsplit_group` tag puts it in, when the configuration
+    /// The group Patroni's `group` tag puts it in, when the configuration
     /// gives it none (`NO_GROUP`: none).
     tag_group: AtomicUsize,
 }
@@ -517,21 +517,29 @@ impl<C: SwitchTarget> PoolInner<C> {
     }
 
     async fn checkout_primary(&self) -> Result<Handle<C>, Error> {
-        let handle = match &self.primary {
+        Ok(self.checkout_primary_in_generation().await?.0)
+    }
+
+    /// A primary session and the topology generation it was checked out in (0 with
+    /// a fixed primary).
+    async fn checkout_primary_in_generation(&self) -> Result<(Handle<C>, u64), Error> {
+        let checked_out = match &self.primary {
             Primary::Fixed(primary) => {
-                primary
-                    .checkout()
-                    .await
-                    .map_err(|failure| Error::PrimaryUnavailable {
-                        node: primary.name.to_string(),
-                        kind: failure.kind,
-                        source: failure.into_source(),
-                    })?
+                let handle =
+                    primary
+                        .checkout()
+                        .await
+                        .map_err(|failure| Error::PrimaryUnavailable {
+                            node: primary.name.to_string(),
+                            kind: failure.kind,
+                            source: failure.into_source(),
+                        })?;
+                (handle, 0)
             }
             Primary::Discovered(discovered) => self.checkout_discovered(discovered).await?,
         };
         self.router.stats.record_checkout(Target::Primary);
-        Ok(handle)
+        Ok(checked_out)
     }
 
     /// A replica lost a session or hung on a read: one new session decides. If the
@@ -563,9 +571,9 @@ impl<C: SwitchTarget> PoolInner<C> {
 struct Source<C: SwitchTarget>(Arc<PoolInner<C>>);
 
 impl<C: SwitchTarget> NodeSource<C> for Source<C> {
-    fn acquire_primary(&self) -> BoxFuture<'static, Result<Handle<C>, Error>> {
+    fn acquire_primary(&self) -> BoxFuture<'static, Result<(Handle<C>, u64), Error>> {
         let inner = Arc::clone(&self.0);
-        async move { inner.checkout_primary().await }.boxed()
+        async move { inner.checkout_primary_in_generation().await }.boxed()
     }
 
     fn acquire_other_replica(&self, failed: usize) -> BoxFuture<'static, Option<ReplicaLease<C>>> {
@@ -679,11 +687,12 @@ impl<C: SwitchTarget> SwitchablePool<C> {
 
     /// A connection on the primary, checked out now.
     pub async fn get_primary(&self) -> Result<PooledConnection<C>, Error> {
-        let primary = self.inner.checkout_primary().await?;
+        let (primary, generation) = self.inner.checkout_primary_in_generation().await?;
         let conn = SwitchableConnection::on_primary(
             primary,
             Some(self.source()),
             Arc::clone(&self.inner.router),
+            generation,
         );
         Ok(PooledConnection::new(conn))
     }

@@ -159,9 +159,13 @@ impl<C: SwitchTarget> PoolInner<C> {
                             .store(*excluded, Ordering::Relaxed);
                         // Only groups the pool knows (its configuration or its
                         // classifier's rules name them) can route reads.
-                        let id = group
-                            .as_deref()
-                            .and_then(|g| pool.group_names.iter().position(|n| &**n == g));
+                        let id = group.as_deref().and_then(|g| {
+                            let id = pool.group_names.iter().position(|n| &**n == g);
+                            if id.is_none() {
+                                tracing::debug!(target: "diesel_rwsplit::pool", group = g, "a Patroni group tag names a group no rule routes to: ignored");
+                            }
+                            id
+                        });
                         replica
                             .health()
                             .tag_group
@@ -173,8 +177,9 @@ impl<C: SwitchTarget> PoolInner<C> {
                     match view.leader {
                         // Cross-checked with what the member itself last said: a
                         // member Patroni calls leader that still answered as a
-                        // standby (a promotion under way, or a stale Patroni view) is
-                        // asked again first; a write never goes to a standby.
+                        // standby (a promotion under way, or a stale Patroni view)
+                        // is asked again first, with no primary meanwhile; a write
+                        // never goes to a standby.
                         Some(index)
                             if pool.monitor.as_ref().is_some_and(|m| {
                                 m.status()
@@ -182,6 +187,9 @@ impl<C: SwitchTarget> PoolInner<C> {
                                     .is_some_and(|s| s.role() == crate::MemberRole::Replica)
                             }) =>
                         {
+                            // Patroni no longer names the old leader: no writes there
+                            // either, until the new one answers as the primary.
+                            pool.apply_leader(None);
                             if let Some(monitor) = &pool.monitor {
                                 monitor.poll_now();
                             }

@@ -206,22 +206,34 @@ impl<C: SwitchTarget> PoolInner<C> {
     /// A writable session of whichever member is the primary, waiting through a
     /// change for up to the primary checkout timeout. Cancel-safe: a session in
     /// hand when the future is dropped goes back to its pool.
-    pub(super) async fn checkout_discovered(&self, d: &Discovered<C>) -> Result<Handle<C>, Error> {
+    /// Returns the session with the generation it was checked out in.
+    pub(super) async fn checkout_discovered(
+        &self,
+        d: &Discovered<C>,
+    ) -> Result<(Handle<C>, u64), Error> {
         let started = Instant::now();
         let deadline = started + d.checkout_timeout;
         let mut changes = d.changed.subscribe();
         loop {
+            changes.borrow_and_update();
             let current = **d.current.load();
             if let Some(index) = current.primary {
                 let pool = d.pools[index].load_full();
-                match tokio::time::timeout_at(deadline.into(), pool.checkout()).await {
+                // A change while this checkout waits (a member that does not answer
+                // holds a connect for its whole timeout) ends the wait at once.
+                let checkout = tokio::select! {
+                    biased;
+                    result = tokio::time::timeout_at(deadline.into(), pool.checkout()) => result,
+                    _ = changes.changed() => continue,
+                };
+                match checkout {
                     Ok(Ok(handle)) => {
                         if d.current.load().generation != current.generation {
                             // The primary moved while this checkout waited.
                             continue;
                         }
                         self.primary_reached(d);
-                        return Ok(handle);
+                        return Ok((handle, current.generation));
                     }
                     // No failover mends these: say so now, typed, as a fixed
                     // primary does.
