@@ -213,6 +213,15 @@ impl Judge<'_> {
             // The prepared statement lives in the session that prepared it.
             return Ok(Some(SESSION));
         }
+        if self.dialect == Dialect::Mysql
+            && ["insert", "update", "delete", "replace"]
+                .iter()
+                .any(|k| inner.is_kw(k))
+        {
+            // MariaDB refuses even the plan of a write on a read-only server (1290,
+            // seen on a real replica by tests/classify_mysql_replica.rs).
+            return Ok(Some(WRITE));
+        }
         finish(lex, 0)
     }
 
@@ -569,6 +578,10 @@ mod tests {
             ("CREATE TEMPORARY TABLE x (a INT)", "session_state"),
             ("DROP TEMPORARY TABLE x", "session_state"),
             ("EXPLAIN ANALYZE SELECT * FROM t", "replica"),
+            ("EXPLAIN DELETE FROM t", "write_statement"),
+            ("EXPLAIN EXTENDED UPDATE t SET a = 1", "write_statement"),
+            ("EXPLAIN SELECT * FROM t", "replica"),
+            ("EXPLAIN t", "replica"),
             ("DESCRIBE t", "replica"),
             ("XA START 'x'", "transaction_begin"),
             ("XA COMMIT 'x'", "transaction_control"),
