@@ -449,55 +449,51 @@ impl fmt::Display for ClusterStep {
 
 #[cfg(feature = "testing")]
 fn binaries_not_found_message(searched: &[String]) -> String {
-    let mut message = String::from(
-        "PostgreSQL server binaries (initdb, postgres, pg_basebackup) not found. Searched:\n",
-    );
-    for place in searched {
-        message.push_str("  - ");
-        message.push_str(place);
-        message.push('\n');
-    }
-    message.push_str(
+    not_found_message(
+        "PostgreSQL server binaries (initdb, postgres, pg_basebackup) not found. Searched:",
+        searched,
         "Install them, or point RWSPLIT_PG_BINDIR at their directory:\n  \
          Debian/Ubuntu: sudo apt-get install postgresql   (binaries in /usr/lib/postgresql/<version>/bin)\n  \
          macOS:         brew install postgresql@15         (then export RWSPLIT_PG_BINDIR=\"$(brew --prefix postgresql@15)/bin\")",
-    );
-    message
+    )
 }
 
 #[cfg(feature = "testing")]
 fn patroni_not_found_message(missing: &[String]) -> String {
-    let mut message = String::from("Patroni cluster: required programs not found:\n");
-    for what in missing {
-        message.push_str("  - ");
-        message.push_str(what);
-        message.push('\n');
-    }
-    message.push_str(
+    not_found_message(
+        "Patroni cluster: required programs not found:",
+        missing,
         "Install them (Debian/Ubuntu, as root; .ci/run does the same):\n  \
          etcd:    apt-get install etcd-server   (with a policy-rc.d that exits 101, so no daemon starts)\n  \
          Patroni: apt-get install python3-venv && /usr/bin/python3 -m venv /opt/rwsplit/patroni-venv \\\n           \
          && /opt/rwsplit/patroni-venv/bin/pip install 'patroni[etcd3]' 'psycopg[binary]'\n\
          or point RWSPLIT_PATRONI_BIN at a directory holding patroni and patronictl \
          (readable by the user the servers run as).",
-    );
-    message
+    )
 }
 
 #[cfg(feature = "testing")]
 fn mariadb_not_found_message(missing: &[String]) -> String {
-    let mut message = String::from("MariaDB cluster: required programs not found:\n");
-    for what in missing {
-        message.push_str("  - ");
-        message.push_str(what);
-        message.push('\n');
-    }
-    message.push_str(
+    not_found_message(
+        "MariaDB cluster: required programs not found:",
+        missing,
         "Install them (Debian/Ubuntu, as root; .ci/run does the same):\n  \
          apt-get install mariadb-server   (with a policy-rc.d that exits 101, so the package starts no server;\n  \
          mariadbd lands in /usr/sbin, mariadb-install-db in /usr/bin)\n\
          or point RWSPLIT_MARIADB_BINDIR at a directory holding them.",
-    );
+    )
+}
+
+/// `header`, one `  - item` line each, then `advice`.
+#[cfg(feature = "testing")]
+fn not_found_message(header: &str, items: &[String], advice: &str) -> String {
+    let mut message = format!("{header}\n");
+    for item in items {
+        message.push_str("  - ");
+        message.push_str(item);
+        message.push('\n');
+    }
+    message.push_str(advice);
     message
 }
 

@@ -954,10 +954,10 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
     }
 
     /// Whether replica reads may be routed to replica groups: the pool's classifier
-    /// has group rules (checked first, by the caller: the only cost to a plain
-    /// read), and the connection is on a replica outside a read-only transaction.
-    fn routes_groups(&self) -> bool {
-        self.replica_index.is_some() && !self.in_replica_transaction
+    /// has group rules (checked first: the only cost to a plain read), and the
+    /// connection is on a replica outside a read-only transaction.
+    fn routes_group_reads(&self) -> bool {
+        self.router.groups.is_some() && self.replica_index.is_some() && !self.in_replica_transaction
     }
 
     /// The replica group a replica read is routed to, if any.
@@ -1321,9 +1321,10 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
         match self.decide(|conn| conn.judge_query(&query), false) {
             Err(e) => future::ready(Err(e)).boxed(),
             Ok(Plan::Direct(Target::Replica, sql))
-                if self.router.groups.is_some() && self.routes_groups() =>
+                if self.owns_replica_reads() || self.routes_group_reads() =>
             {
-                // Rendered to owned data: it may have to wait for a group replica.
+                // Rendered to owned SQL + binds: it may run a second time, or wait
+                // for a replica of its group.
                 let group = self.read_group(sql.as_deref());
                 let rendered = self.render_owned(&query, sql);
                 drop(query);
@@ -1332,17 +1333,6 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
                     if let Some(group) = group {
                         self.route_to_group(group).boxed().await?;
                     }
-                    let rows = self.run_on_replica::<LoadFirstRow>(&mut rendered).await?;
-                    Ok(self.bound_rest_of_read(rows) as RowStream<'conn, C::OwnedRow>)
-                };
-                with_span(read.boxed(), Target::Replica)
-            }
-            Ok(Plan::Direct(Target::Replica, sql)) if self.owns_replica_reads() => {
-                // Rendered to owned SQL + binds so that it can run a second time.
-                let rendered = self.render_owned(&query, sql);
-                drop(query);
-                let read = async move {
-                    let mut rendered = rendered?;
                     let rows = self.run_on_replica::<LoadFirstRow>(&mut rendered).await?;
                     Ok(self.bound_rest_of_read(rows) as RowStream<'conn, C::OwnedRow>)
                 };
@@ -1378,7 +1368,7 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
         match self.decide(|conn| conn.judge_query(&source), false) {
             Err(e) => future::ready(Err(e)).boxed(),
             Ok(Plan::Direct(Target::Replica, sql))
-                if self.router.groups.is_some() && self.routes_groups() =>
+                if self.owns_replica_reads() || self.routes_group_reads() =>
             {
                 let group = self.read_group(sql.as_deref());
                 let rendered = self.render_owned(&source, sql);
@@ -1388,15 +1378,6 @@ impl<C: SwitchTarget> AsyncConnectionCore for SwitchableConnection<C> {
                     if let Some(group) = group {
                         self.route_to_group(group).boxed().await?;
                     }
-                    self.run_on_replica::<ExecuteCount>(&mut rendered).await
-                };
-                with_span(read.boxed(), Target::Replica)
-            }
-            Ok(Plan::Direct(Target::Replica, sql)) if self.owns_replica_reads() => {
-                let rendered = self.render_owned(&source, sql);
-                drop(source);
-                let read = async move {
-                    let mut rendered = rendered?;
                     self.run_on_replica::<ExecuteCount>(&mut rendered).await
                 };
                 with_span(read.boxed(), Target::Replica)

@@ -12,7 +12,7 @@ use mysql_async::{Conn, OptsBuilder, Row};
 
 use super::binaries::{MariaPrograms, MariaSearch};
 use super::cluster::{block_in_place, blocking, prepare_dir, Secret};
-use super::node::{lock, percent_encode};
+use super::node::{lock, percent_encode, startup_failed, Startup};
 use super::process::{self, RunAs, Watchdog};
 use crate::{BoxError, ClusterStep, Error, Result};
 
@@ -588,6 +588,8 @@ impl MariaCluster {
             let text = node.option_file(node.name != "primary", settings);
             std::fs::write(&node.cnf, text)
                 .and_then(|()| self.run_as.own(&node.cnf))
+                .and_then(|()| std::fs::create_dir_all(&node.tmp_dir))
+                .and_then(|()| self.run_as.own(&node.tmp_dir))
                 .map_err(|e| self.err(&node.name, ClusterStep::Configure, e.into()))?;
         }
         let setup = self.dir.join("setup.sql");
@@ -770,13 +772,6 @@ impl Drop for MariaCluster {
     }
 }
 
-/// How waiting for a freshly spawned server ended.
-enum Startup {
-    Ready,
-    /// The port was taken between choosing it and binding it: pick another.
-    PortTaken,
-}
-
 /// The parts of `SHOW SLAVE STATUS` the harness looks at.
 #[derive(Debug, Default)]
 struct SlaveStatus {
@@ -800,6 +795,10 @@ struct MariaNode {
     /// `NAME.pid` at the top of the cluster directory, written by the harness: the
     /// watchdog kills the process it names if this process dies.
     pid_file: PathBuf,
+    /// Its own temporary directory: installs and servers of clusters started at
+    /// the same time collided in the shared `/tmp` (a temporary table of one
+    /// removed by another, and `mariadb-install-db` aborting).
+    tmp_dir: PathBuf,
     process: Mutex<Option<Child>>,
 }
 
@@ -814,6 +813,7 @@ impl MariaNode {
             socket: dir.join(format!("{name}.sock")),
             log: dir.join(format!("{name}.log")),
             pid_file: dir.join(format!("{name}.pid")),
+            tmp_dir: dir.join(format!("{name}.tmp")),
             process: Mutex::new(None),
         }
     }
@@ -845,11 +845,12 @@ impl MariaNode {
     fn option_file(&self, replica: bool, settings: &[(String, String)]) -> String {
         let mut text = format!(
             "# Written by diesel_rwsplit::testing::MariaCluster.\n[mariadbd]\n\
-             datadir = {}\nsocket = {}\npid_file = {}\nserver_id = {}\n",
+             datadir = {}\nsocket = {}\npid_file = {}\nserver_id = {}\ntmpdir = {}\n",
             self.data_dir.display(),
             self.socket.display(),
             self.data_dir.join("mariadbd.pid").display(),
             self.server_id,
+            self.tmp_dir.display(),
         );
         text.push_str(BASE_SETTINGS);
         if replica {
@@ -893,21 +894,10 @@ impl MariaNode {
                 }
                 Err(e) => e,
             };
-            if self.has_exited() {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                if log.contains("Address already in use") {
-                    return Ok(Startup::PortTaken);
-                }
-                return Err(format!(
-                    "server exited during start-up:\n{}",
-                    process::tail(&log, 15)
-                )
-                .into());
-            }
-            if Instant::now() >= deadline {
-                return Err(
-                    format!("not accepting connections after {timeout:?}: {last_error}").into(),
-                );
+            if let Some(outcome) =
+                startup_failed(self.has_exited(), &self.log, deadline, timeout, &last_error)
+            {
+                return outcome;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -122,21 +122,10 @@ impl Node {
                 Ok(_) => return Ok(Startup::Ready),
                 Err(e) => e,
             };
-            if self.has_exited() {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                if log.contains("could not bind") || log.contains("Address already in use") {
-                    return Ok(Startup::PortTaken);
-                }
-                return Err(format!(
-                    "server exited during start-up:\n{}",
-                    process::tail(&log, 15)
-                )
-                .into());
-            }
-            if Instant::now() >= deadline {
-                return Err(
-                    format!("not accepting connections after {timeout:?}: {last_error}").into(),
-                );
+            if let Some(outcome) =
+                startup_failed(self.has_exited(), &self.log, deadline, timeout, &last_error)
+            {
+                return outcome;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -212,6 +201,32 @@ pub(super) fn percent_encode(text: &str) -> String {
         }
     }
     out
+}
+
+/// After a failed readiness probe of a server starting up: `Some` when waiting
+/// is over (it exited, because its port was taken or with the tail of its log as
+/// the reason, or `timeout` passed), `None` to probe again.
+pub(super) fn startup_failed(
+    exited: bool,
+    log: &Path,
+    deadline: Instant,
+    timeout: Duration,
+    last_error: &dyn std::fmt::Display,
+) -> Option<Result<Startup, BoxError>> {
+    if exited {
+        let log = std::fs::read_to_string(log).unwrap_or_default();
+        // PostgreSQL says "could not bind", MariaDB "Address already in use".
+        if log.contains("could not bind") || log.contains("Address already in use") {
+            return Some(Ok(Startup::PortTaken));
+        }
+        return Some(Err(format!(
+            "server exited during start-up:\n{}",
+            process::tail(&log, 15)
+        )
+        .into()));
+    }
+    (Instant::now() >= deadline)
+        .then(|| Err(format!("not accepting connections after {timeout:?}: {last_error}").into()))
 }
 
 /// Poison-tolerant lock: a panicking test must not stop the cluster from being dropped.
