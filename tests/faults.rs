@@ -58,8 +58,11 @@ async fn a_replica_down_at_build_starts_out_of_rotation_and_comes_back() {
     assert_eq!(pool.stats().replica_fallbacks(), 0);
 
     cluster.start_replica(1).await.unwrap();
+    // Back in rotation, and seen answering by the lag monitor (which routing also
+    // consults): on a loaded machine the two need not happen in the same instant.
     until("the replica is probed back into rotation", || {
         pool.replica_admitted() == vec![true, true]
+            && pool.replication_status().iter().all(|s| s.healthy)
     })
     .await;
     let down = port_of(&cluster.replica_url(1).unwrap());
