@@ -1,14 +1,24 @@
 //! Read-your-writes across connections: the [`CausalToken`].
 //!
-//! A unit of work that wrote on the primary ends with the primary's WAL position
-//! (`pg_current_wal_lsn()`) in a token. A later request, on another connection or
-//! another process, presents the token; a replica may serve it once its replay LSN
-//! has reached the token's LSN, because it then shows everything the write did.
+//! A unit of work that wrote on the primary ends with the primary's position in a
+//! token: its WAL position (`pg_current_wal_lsn()`) on PostgreSQL, its GTID
+//! position on MariaDB (`@@gtid_binlog_pos`) and MySQL (`@@gtid_executed`). A later
+//! request, on another connection or another process, presents the token; a
+//! replica may serve it once it has applied that position, because it then shows
+//! everything the write did.
 
+use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
+use crate::gtid::{self, MariaPosition};
 use crate::{Error, Lsn};
+
+/// The text prefix of a MariaDB GTID token.
+const MARIADB_PREFIX: &str = "rw1m.";
+/// The text prefix of a MySQL GTID-set token.
+const MYSQL_PREFIX: &str = "rw1y.";
 
 /// The version prefix of the text form.
 const PREFIX: &str = "rw1.";
@@ -17,18 +27,24 @@ const DIGITS: usize = 16;
 /// Length of the text form.
 const TEXT_LEN: usize = PREFIX.len() + DIGITS;
 
-/// A causal-consistency token: the primary's WAL position after a unit of work that
+/// A causal-consistency token: the primary's position after a unit of work that
 /// wrote. Reads that present it must see that work.
 ///
 /// # Text form
 ///
-/// [`Display`](fmt::Display) writes `rw1.` followed by the LSN as exactly 16
-/// lowercase hexadecimal digits, e.g. `rw1.00000016b374d848` for LSN `16/B374D848`:
-/// 20 ASCII characters, safe unquoted in a cookie, a header or a URL query.
-/// [`FromStr`] parses it back (uppercase digits are accepted too; the prefix must be
-/// exactly `rw1.`, no surrounding whitespace) and returns
-/// [`Error::InvalidCausalToken`] for anything else, without echoing the input. `rw1`
-/// is a format version: a later format will use another prefix.
+/// [`Display`](fmt::Display) writes a version prefix and the position, in ASCII
+/// characters that are safe unquoted in a cookie, a header or a URL query:
+///
+/// | backend | form | example |
+/// |---|---|---|
+/// | PostgreSQL | `rw1.` and the LSN as exactly 16 lowercase hexadecimal digits (20 characters) | `rw1.00000016b374d848` for LSN `16/B374D848` |
+/// | MariaDB | `rw1m.` and the GTID position, `domain-server-sequence` per domain, by domain | `rw1m.0-1-42,1-2-7` |
+/// | MySQL | `rw1y.` and the GTID set without whitespace | `rw1y.3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5` |
+///
+/// [`FromStr`] parses them back (uppercase hexadecimal digits are accepted too; no
+/// surrounding whitespace; GTID forms at most 4096 characters) and returns
+/// [`Error::InvalidCausalToken`] for anything else, without echoing the input.
+/// `rw1` is a format version: a later format will use another prefix.
 ///
 /// The token is not authenticated. A forged one can only name a position: too high
 /// and the read waits for, or falls back to, the primary; too low and the caller
@@ -36,12 +52,14 @@ const TEXT_LEN: usize = PREFIX.len() + DIGITS;
 ///
 /// # Across a failover
 ///
-/// A token holds a WAL position, not a timeline. PostgreSQL numbers WAL positions
-/// continuously across a promotion: the promoted standby's new timeline begins at
-/// the position where it left the old one, so every member that replayed the old
-/// primary up to the token holds the write, whichever timeline it is on now, and a
-/// token from before a failover keeps working on the new primary and its replicas
-/// (a pool built with [`nodes`](crate::SwitchablePoolBuilder::nodes) follows them).
+/// A PostgreSQL token holds a WAL position, not a timeline. PostgreSQL numbers WAL
+/// positions continuously across a promotion: the promoted standby's new timeline
+/// begins at the position where it left the old one, so every member that replayed
+/// the old primary up to the token holds the write, whichever timeline it is on
+/// now, and a token from before a failover keeps working on the new primary and its
+/// replicas (a pool built with [`nodes`](crate::SwitchablePoolBuilder::nodes)
+/// follows them). MariaDB GTID sequence numbers likewise continue within a domain
+/// on the promoted server; MySQL GTID sets name every transaction by its origin.
 ///
 /// A write lost in an asynchronous failover (acknowledged by the old primary,
 /// never streamed) has a token past the fork point. No member holds that write;
@@ -49,14 +67,17 @@ const TEXT_LEN: usize = PREFIX.len() + DIGITS;
 /// `causal_wait` bound and then serves the read from the primary (counted as
 /// [`CausalOutcome::Primary`](crate::CausalOutcome::Primary)), so such a token
 /// cannot hang a read. Once the new primary has written past that position, members
-/// that replayed it satisfy the token: the read sees everything that exists, which
-/// cannot include the lost write. Synchronous replication (Patroni's
-/// `synchronous_mode`) is what keeps acknowledged writes from being lost.
+/// that replayed it satisfy a PostgreSQL or MariaDB token: the read sees everything
+/// that exists, which cannot include the lost write. Synchronous replication
+/// (Patroni's `synchronous_mode`, MySQL semi-synchronous replication) is what keeps
+/// acknowledged writes from being lost.
 ///
 /// # Ordering
 ///
-/// Tokens order by LSN: a later write gives a greater token, so a client holding
-/// several keeps the greatest (`a.max(b)`).
+/// PostgreSQL tokens order by LSN: a later write gives a greater token, so a client
+/// holding several keeps the greatest (`a.max(b)`). GTID tokens are only partially
+/// ordered (two domains may each be ahead in one): keep both, or
+/// [`merge`](Self::merge) them.
 ///
 /// ```
 /// use diesel_rwsplit::{CausalToken, Lsn};
@@ -66,28 +87,132 @@ const TEXT_LEN: usize = PREFIX.len() + DIGITS;
 /// assert_eq!(text, "rw1.00000016b374d848");
 /// assert_eq!(text.parse::<CausalToken>().unwrap(), token);
 /// assert!(token.is_reached_by("16/B374D900".parse().unwrap()));
+///
+/// let gtid = CausalToken::mariadb_gtid("0-1-42").unwrap();
+/// assert_eq!(gtid.to_string(), "rw1m.0-1-42");
+/// assert_eq!(gtid.gtid().as_deref(), Some("0-1-42"));
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CausalToken {
-    lsn: Lsn,
+    position: Position,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Position {
+    Wal(Lsn),
+    MariaGtid(Arc<MariaPosition>),
+    /// Whitespace-free text and the number of transactions it names.
+    MysqlGtid(Arc<str>, u64),
 }
 
 impl CausalToken {
-    /// A token for the primary's position `lsn` (typically `pg_current_wal_lsn()`
-    /// read after the write committed).
+    /// A token for the PostgreSQL primary's position `lsn` (typically
+    /// `pg_current_wal_lsn()` read after the write committed).
     pub const fn new(lsn: Lsn) -> Self {
-        CausalToken { lsn }
+        CausalToken {
+            position: Position::Wal(lsn),
+        }
     }
 
-    /// The WAL position a replica must have replayed to serve reads for this token.
-    pub const fn lsn(self) -> Lsn {
-        self.lsn
+    /// A token for a MariaDB primary's GTID position (`@@gtid_binlog_pos` read after
+    /// the write committed), e.g. `0-1-42,1-2-7`. [`Error::InvalidCausalToken`] if the
+    /// text is not one.
+    pub fn mariadb_gtid(position: &str) -> Result<Self, Error> {
+        let position = MariaPosition::parse(position)
+            .map_err(|e| Error::InvalidCausalToken { reason: e.0 })?;
+        Ok(CausalToken {
+            position: Position::MariaGtid(Arc::new(position)),
+        })
     }
 
-    /// Whether a node that has replayed up to `replayed` shows everything this
-    /// token stands for.
-    pub const fn is_reached_by(self, replayed: Lsn) -> bool {
-        replayed.0 >= self.lsn.0
+    /// A token for a MySQL primary's GTID set (`@@gtid_executed` read after the write
+    /// committed). [`Error::InvalidCausalToken`] if the text is not one.
+    pub fn mysql_gtid_set(set: &str) -> Result<Self, Error> {
+        let (set, count) =
+            gtid::mysql_gtid_set(set).map_err(|e| Error::InvalidCausalToken { reason: e.0 })?;
+        Ok(CausalToken {
+            position: Position::MysqlGtid(Arc::from(set), count),
+        })
+    }
+
+    /// The WAL position a PostgreSQL replica must have replayed to serve reads for
+    /// this token; `None` for a GTID token.
+    pub fn lsn(&self) -> Option<Lsn> {
+        match self.position {
+            Position::Wal(lsn) => Some(lsn),
+            _ => None,
+        }
+    }
+
+    /// The GTID position (MariaDB) or set (MySQL) a replica must have applied;
+    /// `None` for a PostgreSQL token.
+    pub fn gtid(&self) -> Option<String> {
+        match &self.position {
+            Position::Wal(_) => None,
+            Position::MariaGtid(position) => Some(position.to_string()),
+            Position::MysqlGtid(set, _) => Some(set.to_string()),
+        }
+    }
+
+    /// Whether a PostgreSQL node that has replayed up to `replayed` shows everything
+    /// this token stands for. Always `false` for a GTID token: one number cannot
+    /// tell whether every domain or source is reached, so replicas are asked.
+    pub fn is_reached_by(&self, replayed: Lsn) -> bool {
+        match self.position {
+            Position::Wal(lsn) => replayed.0 >= lsn.0,
+            _ => false,
+        }
+    }
+
+    /// A token reached only once both are: the later LSN, or each MariaDB domain at
+    /// its later sequence. `None` for tokens of different backends, and for two
+    /// different MySQL GTID sets (hand both to the reader instead).
+    pub fn merge(&self, other: &CausalToken) -> Option<CausalToken> {
+        let position = match (&self.position, &other.position) {
+            (Position::Wal(a), Position::Wal(b)) => Position::Wal(*a.max(b)),
+            (Position::MariaGtid(a), Position::MariaGtid(b)) => {
+                Position::MariaGtid(Arc::new(a.merge(b)))
+            }
+            (Position::MysqlGtid(a, _), Position::MysqlGtid(b, _)) if a == b => {
+                self.position.clone()
+            }
+            _ => return None,
+        };
+        Some(CausalToken { position })
+    }
+
+    /// The MariaDB position, for the backend's replica check.
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) fn maria_position(&self) -> Option<&MariaPosition> {
+        match &self.position {
+            Position::MariaGtid(position) => Some(position),
+            _ => None,
+        }
+    }
+
+    /// The MySQL GTID set text, for the backend's replica check.
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) fn mysql_set(&self) -> Option<&str> {
+        match &self.position {
+            Position::MysqlGtid(set, _) => Some(set),
+            _ => None,
+        }
+    }
+}
+
+impl PartialOrd for CausalToken {
+    /// PostgreSQL tokens by LSN; MariaDB tokens domain by domain (`None` when each
+    /// is ahead in some domain); MySQL tokens only when equal; tokens of different
+    /// backends not at all.
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        match (&self.position, &other.position) {
+            (Position::Wal(a), Position::Wal(b)) => Some(a.cmp(b)),
+            (Position::MariaGtid(a), Position::MariaGtid(b)) => a.partial_cmp(b),
+            (Position::MysqlGtid(a, _), Position::MysqlGtid(b, _)) if a == b => {
+                Some(Ordering::Equal)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -99,7 +224,11 @@ impl From<Lsn> for CausalToken {
 
 impl fmt::Display for CausalToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{PREFIX}{:016x}", self.lsn.0)
+        match &self.position {
+            Position::Wal(lsn) => write!(f, "{PREFIX}{:016x}", lsn.0),
+            Position::MariaGtid(position) => write!(f, "{MARIADB_PREFIX}{position}"),
+            Position::MysqlGtid(set, _) => write!(f, "{MYSQL_PREFIX}{set}"),
+        }
     }
 }
 
@@ -110,6 +239,21 @@ impl FromStr for CausalToken {
         let invalid = |reason| Error::InvalidCausalToken { reason };
         if s.is_empty() {
             return Err(invalid("empty"));
+        }
+        if s.len() > gtid::MAX_GTID_TEXT + MARIADB_PREFIX.len() {
+            return Err(invalid("too long"));
+        }
+        if let Some(position) = s.strip_prefix(MARIADB_PREFIX) {
+            if position.contains(char::is_whitespace) {
+                return Err(invalid("whitespace in the GTID position"));
+            }
+            return CausalToken::mariadb_gtid(position);
+        }
+        if let Some(set) = s.strip_prefix(MYSQL_PREFIX) {
+            if set.contains(char::is_whitespace) {
+                return Err(invalid("whitespace in the GTID set"));
+            }
+            return CausalToken::mysql_gtid_set(set);
         }
         if s.len() > TEXT_LEN {
             return Err(invalid("too long"));
@@ -159,22 +303,29 @@ mod tests {
             assert_eq!(token.to_string().len(), TEXT_LEN);
             let parsed: CausalToken = text.parse().unwrap();
             assert_eq!(parsed, token, "{text}");
-            assert_eq!(parsed.lsn(), Lsn(value));
+            assert_eq!(parsed.lsn(), Some(Lsn(value)));
         }
     }
 
     #[test]
     fn accepts_uppercase_digits() {
         let token: CausalToken = "rw1.00000016B374D848".parse().unwrap();
-        assert_eq!(token.lsn(), "16/B374D848".parse().unwrap());
+        assert_eq!(token.lsn(), Some("16/B374D848".parse().unwrap()));
     }
 
     #[test]
     fn rejects_every_malformed_shape() {
         let long = format!("rw1.{}", "0".repeat(10_000));
+        let long_gtid = format!("rw1m.{}", "0-1-1,".repeat(1000));
         let cases: &[(&str, &str)] = &[
             ("", "empty"),
             (&long, "too long"),
+            (&long_gtid, "too long"),
+            ("rw1m.0-1", "domain-server-sequence"),
+            ("rw1m.0-1-2 ", "whitespace"),
+            ("rw1m.0-1-x", "not a decimal number"),
+            ("rw1y.3e11fa47:1-5", "server UUID"),
+            ("rw1y.3e11fa47-71ca-11e1-9e33-c80aa9429562:0", "starts at 0"),
             ("rw1.00000000000000000", "too long"),
             ("rw1.", "expected 16 hexadecimal digits"),
             ("rw1.0", "expected 16 hexadecimal digits"),
@@ -224,7 +375,7 @@ mod tests {
             .map(|v| CausalToken::new(Lsn(v)));
         for pair in tokens.windows(2) {
             assert!(pair[0] < pair[1], "{} < {}", pair[0], pair[1]);
-            assert_eq!(pair[0].max(pair[1]), pair[1]);
+            assert_eq!(pair[0].merge(&pair[1]).as_ref(), Some(&pair[1]));
             // The text form sorts the same way (fixed width).
             assert!(pair[0].to_string() < pair[1].to_string());
         }
@@ -237,5 +388,33 @@ mod tests {
             assert_eq!(token.is_reached_by(Lsn(replayed)), reached, "{replayed}");
         }
         assert_eq!(CausalToken::from(Lsn(7)), CausalToken::new(Lsn(7)));
+    }
+
+    #[test]
+    fn gtid_tokens_round_trip_and_never_match_a_wal_position() {
+        let cases = [
+            ("rw1m.0-1-42", Some("0-1-42")),
+            ("rw1m.1-2-7,0-1-42", Some("0-1-42,1-2-7")),
+            ("rw1m.", Some("")),
+            (
+                "rw1y.3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:7",
+                Some("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:7"),
+            ),
+        ];
+        for (text, gtid) in cases {
+            let token: CausalToken = text.parse().unwrap();
+            assert_eq!(token.gtid().as_deref(), gtid, "{text}");
+            assert_eq!(token.lsn(), None);
+            assert!(!token.is_reached_by(Lsn(u64::MAX)));
+            let again: CausalToken = token.to_string().parse().unwrap();
+            assert_eq!(again, token);
+        }
+        let wal = CausalToken::new(Lsn(5));
+        let maria = CausalToken::mariadb_gtid("0-1-5").unwrap();
+        assert_eq!(wal.partial_cmp(&maria), None);
+        assert_eq!(wal.merge(&maria), None);
+        let later = CausalToken::mariadb_gtid("0-1-6,1-1-1").unwrap();
+        assert!(maria < later);
+        assert_eq!(maria.merge(&later), Some(later.clone()));
     }
 }

@@ -352,6 +352,7 @@
 
 #[cfg(feature = "axum")]
 pub mod axum;
+mod backend;
 mod catalog;
 pub mod classify;
 mod connect;
@@ -360,6 +361,7 @@ mod connection;
 mod deadpool;
 mod error;
 mod families;
+mod gtid;
 mod lsn;
 mod manager;
 mod pool;
@@ -406,6 +408,8 @@ pub use route::{Route, SwitchReason, Target};
 pub use stats::{CausalOutcome, FingerprintCount, GroupCount, StatsSnapshot};
 mod consistency;
 mod monitor;
+#[cfg(feature = "mysql")]
+pub use backend::mysql::MysqlRow;
 pub use catalog::volatile_user_functions;
 pub use consistency::CausalToken;
 pub use monitor::{MemberRole, ReplicaStatus};

@@ -103,22 +103,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-use crate::connect::PgEndpoint;
-use crate::connection::NodeFailure;
+use crate::backend::{NodeEndpoint, ProbeSession, ProbeTarget, ReplicaSample};
 use crate::Lsn;
-
-/// `application_name` of the monitor's connections (to find them in `pg_stat_activity`).
-pub(crate) const APPLICATION_NAME: &str = "diesel-rwsplit monitor";
+#[cfg(test)]
+use crate::{backend::pg::APPLICATION_NAME, connect::PgEndpoint};
 
 /// At most this many distinct primary positions are remembered for lag-in-time.
 const MAX_HISTORY: usize = 8192;
-
-/// How long a closed-by-us connection may take to say goodbye to its server.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Shortest interval and probe timeout accepted (zero would spin or always fail).
 const MIN_PERIOD: Duration = Duration::from_millis(1);
@@ -131,15 +126,15 @@ pub(crate) struct NodeTarget {
     pub(crate) name: String,
     /// The pool's recipe for the node (TLS, credentials, keepalives); `Err` when its
     /// URL could not be read (the error never echoes the URL).
-    endpoint: Result<Arc<PgEndpoint>, String>,
+    endpoint: Result<Arc<dyn ProbeTarget>, String>,
 }
 
 impl NodeTarget {
     /// A target connected to as the pool connects to it.
-    pub(crate) fn from_endpoint(endpoint: Arc<PgEndpoint>) -> Self {
+    pub(crate) fn from_endpoint<E: NodeEndpoint>(endpoint: Arc<E>) -> Self {
         NodeTarget {
             name: endpoint.name().to_owned(),
-            endpoint: Ok(endpoint),
+            endpoint: Ok(endpoint.probe_target()),
         }
     }
 
@@ -147,7 +142,7 @@ impl NodeTarget {
     #[cfg(test)]
     pub(crate) fn new(name: impl Into<String>, url: impl Into<String>) -> Self {
         let endpoint = PgEndpoint::new("node", &url.into(), &Default::default())
-            .map(Arc::new)
+            .map(|e| Arc::new(e).probe_target())
             .map_err(|_| "invalid connection URL".to_owned());
         NodeTarget {
             name: name.into(),
@@ -706,28 +701,11 @@ impl History {
     }
 }
 
-/// A dedicated connection whose driver task ends when it is dropped.
-struct Conn {
-    client: tokio_postgres::Client,
-    /// Dropped with the connection: the driver then has [`CLOSE_GRACE`] to close politely.
-    _closing: oneshot::Sender<()>,
-}
-
-/// One node's probe: its connection settings and current connection.
+/// One node's probe: how to reach it and its current monitoring session.
 struct Prober {
-    endpoint: Result<Arc<PgEndpoint>, String>,
+    endpoint: Result<Arc<dyn ProbeTarget>, String>,
     timeout: Duration,
-    conn: Option<Conn>,
-}
-
-/// What a replica answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ReplicaSample {
-    in_recovery: bool,
-    receive: Option<Lsn>,
-    replay: Option<Lsn>,
-    /// Its own WAL write position, when it is not in recovery.
-    current: Option<Lsn>,
+    session: Option<Box<dyn ProbeSession>>,
 }
 
 impl Prober {
@@ -740,150 +718,58 @@ impl Prober {
         Prober {
             endpoint: target.endpoint,
             timeout,
-            conn: None,
+            session: None,
         }
     }
 
-    /// The first row of `sql`, as text columns; bounded by the probe timeout. Any
-    /// failure drops the connection: the next probe reconnects.
-    async fn query_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, String> {
+    /// One question to the node, bounded by the probe timeout. Any failure drops
+    /// the session: the next probe reconnects.
+    async fn ask<T>(
+        &mut self,
+        question: for<'s> fn(
+            &'s mut dyn ProbeSession,
+        ) -> futures_util::future::BoxFuture<'s, Result<T, String>>,
+    ) -> Result<T, String> {
         let timeout = self.timeout;
-        match tokio::time::timeout(timeout, self.query_row_unbounded(sql)).await {
-            Ok(Ok(row)) => Ok(row),
+        match tokio::time::timeout(timeout, self.ask_unbounded(question)).await {
+            Ok(Ok(answer)) => Ok(answer),
             Ok(Err(message)) => {
-                self.conn = None;
+                self.session = None;
                 Err(message)
             }
             Err(_) => {
-                self.conn = None;
+                self.session = None;
                 Err(format!("no answer within {timeout:?}"))
             }
         }
     }
 
-    async fn query_row_unbounded(&mut self, sql: &str) -> Result<Vec<Option<String>>, String> {
-        if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
-            self.conn = None;
+    async fn ask_unbounded<T>(
+        &mut self,
+        question: for<'s> fn(
+            &'s mut dyn ProbeSession,
+        ) -> futures_util::future::BoxFuture<'s, Result<T, String>>,
+    ) -> Result<T, String> {
+        if self.session.as_ref().is_some_and(|s| s.is_closed()) {
+            self.session = None;
         }
-        let conn = match &mut self.conn {
-            Some(conn) => conn,
-            slot @ None => slot.insert(connect(&self.endpoint, self.timeout).await?),
-        };
-        let messages = conn
-            .client
-            .simple_query(sql)
-            .await
-            .map_err(|e| describe("query", &e))?;
-        for message in messages {
-            if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
-                return Ok((0..row.len())
-                    .map(|i| row.get(i).map(str::to_owned))
-                    .collect());
+        let session = match &mut self.session {
+            Some(session) => session,
+            slot @ None => {
+                let target = self.endpoint.as_ref().map_err(Clone::clone)?;
+                slot.insert(target.open(self.timeout).await?)
             }
-        }
-        Err("query returned no row".to_owned())
+        };
+        question(&mut **session).await
     }
 
     async fn primary_lsn(&mut self) -> Result<Lsn, String> {
-        let row = self.query_row("SELECT pg_current_wal_lsn()").await?;
-        parse_lsn(row.first())?.ok_or_else(|| "pg_current_wal_lsn() returned NULL".to_owned())
+        self.ask(|s| s.primary_position()).await
     }
 
     async fn replica_sample(&mut self) -> Result<ReplicaSample, String> {
-        let row = self
-            .query_row(
-                "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), \
-                 CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END",
-            )
-            .await?;
-        let in_recovery = match row.first() {
-            Some(Some(t)) if t == "t" => true,
-            Some(Some(f)) if f == "f" => false,
-            _ => return Err("unexpected answer to pg_is_in_recovery()".to_owned()),
-        };
-        Ok(ReplicaSample {
-            in_recovery,
-            receive: parse_lsn(row.get(1))?,
-            replay: parse_lsn(row.get(2))?,
-            current: parse_lsn(row.get(3))?,
-        })
+        self.ask(|s| s.replica_sample()).await
     }
-}
-
-fn parse_lsn(column: Option<&Option<String>>) -> Result<Option<Lsn>, String> {
-    match column {
-        None => Err("missing column in the answer".to_owned()),
-        Some(None) => Ok(None),
-        Some(Some(text)) => text
-            .parse::<Lsn>()
-            .map(Some)
-            .map_err(|_| "unexpected LSN format in the answer".to_owned()),
-    }
-}
-
-async fn connect(
-    endpoint: &Result<Arc<PgEndpoint>, String>,
-    timeout: Duration,
-) -> Result<Conn, String> {
-    let endpoint = endpoint.as_ref().map_err(Clone::clone)?;
-    let (client, connection) = endpoint
-        .connect(Some(APPLICATION_NAME), timeout)
-        .await
-        .map_err(|failure| describe_failure("connect", &failure))?;
-    let (closing, closed) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        // Errors surface through the client; this only drives the socket. Once the
-        // client is dropped the connection says goodbye and ends by itself; the grace
-        // period bounds that on a server that does not answer.
-        tokio::select! {
-            _ = connection => {}
-            _ = async {
-                let _ = closed.await;
-                tokio::time::sleep(CLOSE_GRACE).await;
-            } => {}
-        }
-    });
-    Ok(Conn {
-        client,
-        _closing: closing,
-    })
-}
-
-/// A connect failure as text: the driver's error as [`describe`] gives it, or the
-/// failure (TLS, credentials) and its causes.
-fn describe_failure(step: &str, failure: &NodeFailure) -> String {
-    if let Some(error) = failure.source.downcast_ref::<tokio_postgres::Error>() {
-        return describe(step, error);
-    }
-    let mut message = format!("{step}: {failure}");
-    append_causes(&mut message, failure.source.source());
-    message
-}
-
-/// `: cause: its cause: …` after `message`.
-fn append_causes(message: &mut String, mut source: Option<&(dyn std::error::Error + 'static)>) {
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-}
-
-/// A driver error as text: the server's message and SQLSTATE, or the error and its
-/// causes. tokio-postgres does not put connection parameters (so no password) in
-/// either; configuration errors are never formatted (the URL is parsed up front).
-fn describe(step: &str, error: &tokio_postgres::Error) -> String {
-    if let Some(db) = error.as_db_error() {
-        return format!(
-            "{step}: {} {}: {}",
-            db.severity(),
-            db.code().code(),
-            db.message()
-        );
-    }
-    let mut message = format!("{step}: {error}");
-    append_causes(&mut message, std::error::Error::source(error));
-    message
 }
 
 /// What the task remembers of each replica between rounds (for logging transitions).
@@ -1789,14 +1675,13 @@ mod tests {
     #[test]
     fn probes_use_short_keepalives_whatever_the_url_says() {
         use crate::connect::{KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_RETRIES};
-        let prober = Prober::new(
-            NodeTarget::new(
-                "n",
-                "host=127.0.0.1 user=u keepalives=0 keepalives_idle=7200",
-            ),
-            Duration::from_secs(1),
-        );
-        let endpoint = prober.endpoint.unwrap();
+        // Probes open their sessions through the node's endpoint.
+        let endpoint = PgEndpoint::new(
+            "n",
+            "host=127.0.0.1 user=u keepalives=0 keepalives_idle=7200",
+            &Default::default(),
+        )
+        .unwrap();
         let config = endpoint.config();
         assert!(config.get_keepalives());
         assert_eq!(config.get_keepalives_idle(), KEEPALIVE_IDLE);

@@ -136,6 +136,18 @@ impl Credentials {
         self.user = Some(user.into());
         self
     }
+
+    /// The user name, if the provider gave one.
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// The password or token.
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) fn secret(&self) -> &str {
+        &self.password.0
+    }
 }
 
 /// Called for every new session the crate opens (node pools, the lag monitor,
@@ -192,6 +204,12 @@ where
 #[derive(Debug)]
 struct CredentialsError(BoxError);
 
+/// A credentials provider's failure, as the cause of a `Credentials` node failure.
+#[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+pub(crate) fn credentials_error(error: BoxError) -> BoxError {
+    Box::new(CredentialsError(error))
+}
+
 impl fmt::Display for CredentialsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("the credentials provider failed")
@@ -206,7 +224,8 @@ impl std::error::Error for CredentialsError {
 
 /// How the pool's connections are made, beyond their URLs: set on the builder.
 #[derive(Clone, Default)]
-pub(crate) struct ConnectSettings {
+#[doc(hidden)]
+pub struct ConnectSettings {
     #[cfg(feature = "tls")]
     pub(crate) tls_config: Option<Arc<rustls::ClientConfig>>,
     pub(crate) credentials: Option<Arc<dyn CredentialsProvider>>,

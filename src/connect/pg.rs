@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio_postgres::{Client, Socket};
 
 use super::url::{self, SslMode};
@@ -31,7 +32,8 @@ pub(crate) type PgConnection = tokio_postgres::Connection<Socket, Stream>;
 
 /// One node's connection recipe.
 #[derive(Clone)]
-pub(crate) struct PgEndpoint {
+#[doc(hidden)]
+pub struct PgEndpoint {
     name: String,
     config: tokio_postgres::Config,
     mode: SslMode,
@@ -163,6 +165,50 @@ impl PgEndpoint {
     /// The driver configuration (hosts and ports; never formatted).
     pub(crate) fn config(&self) -> &tokio_postgres::Config {
         &self.config
+    }
+
+    /// Whether every TCP host of the node accepts a connection within `timeout`.
+    pub(crate) async fn reachable(&self, timeout: Duration) -> Result<(), Error> {
+        let endpoint = self;
+        let err = |kind, source: crate::BoxError| Error::Node {
+            node: endpoint.name().to_owned(),
+            step: NodeStep::Connect,
+            kind,
+            source,
+        };
+        let config = endpoint.config();
+        for (index, (host, port)) in config
+            .get_hosts()
+            .iter()
+            .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+            .enumerate()
+        {
+            if let tokio_postgres::config::Host::Tcp(host) = host {
+                // libpq's `hostaddr` is where the connection goes; `host` is then only
+                // the name the certificate must carry.
+                let connect = match config.get_hostaddrs().get(index) {
+                    Some(addr) => tokio::net::TcpStream::connect((*addr, *port)).boxed(),
+                    None => tokio::net::TcpStream::connect((host.as_str(), *port)).boxed(),
+                };
+                match tokio::time::timeout(timeout, connect).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        let kind = match e.kind() {
+                            std::io::ErrorKind::TimedOut => FailureKind::NoAnswer,
+                            _ => FailureKind::Refused,
+                        };
+                        return Err(err(kind, Box::new(e)));
+                    }
+                    Err(_) => {
+                        return Err(err(
+                            FailureKind::NoAnswer,
+                            format!("no TCP connection within {timeout:?}").into(),
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// One new session: credentials asked for, TLS as the string says, keepalives

@@ -11,10 +11,9 @@
 //! diesel-async has blanket `AsyncConnection` impls for `DerefMut` wrappers, which
 //! would both clash with ours and bypass the interlock.
 
-mod backend;
 mod build_transaction;
 mod node;
-mod owned_pg;
+
 mod pg_api;
 mod transaction;
 mod update;
@@ -38,7 +37,7 @@ use crate::classify::{Classifier, Verdict};
 use crate::router::{GroupId, Router};
 use crate::{rwsplit_error, Error, SwitchReason, Target};
 
-pub use backend::{LoadFut, PgRow, RowStream, SqlText, StatementFailure, SwitchTarget};
+pub use crate::backend::{LoadFut, PgRow, RowStream, SqlText, StatementFailure, SwitchTarget};
 pub use build_transaction::{TransactionBuilder, TransactionFn};
 pub(crate) use node::BbNodePool;
 pub(crate) use node::SharedError;
@@ -112,7 +111,21 @@ impl<C: SwitchTarget> Attempt<C> for ExecuteCount {
 }
 
 /// A handle to an inner connection: owned (`Box<C>`) or checked out of a pool.
-pub(crate) type Handle<C> = NodeConnection<C>;
+///
+/// Reached only through `&mut`, so that a switchable connection may be `Sync`
+/// (shared by reference between threads) whatever its inner connection:
+/// `AsyncMysqlConnection` is not `Sync`, and nothing needs `&C` from `&self`.
+pub(crate) struct Handle<C>(sync_wrapper::SyncWrapper<NodeConnection<C>>);
+
+impl<C> Handle<C> {
+    pub(crate) fn new(conn: NodeConnection<C>) -> Self {
+        Handle(sync_wrapper::SyncWrapper::new(conn))
+    }
+
+    pub(crate) fn get_mut(&mut self) -> &mut C {
+        self.0.get_mut()
+    }
+}
 
 /// Where a connection gets nodes from (its pool): the primary at the first flip,
 /// another replica when a read must be retried.
@@ -371,9 +384,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
     /// any replica is as fresh as it needs to be.
     pub async fn causal_token(&mut self) -> QueryResult<Option<crate::CausalToken>> {
         match self.primary.as_mut() {
-            Some(primary) => Ok(Some(crate::CausalToken::new(
-                C::current_wal_lsn(primary).await?,
-            ))),
+            Some(primary) => Ok(Some(C::current_position(primary.get_mut()).await?)),
             None => Ok(None),
         }
     }
@@ -618,10 +629,10 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
     /// Give a node connection that joins this connection its settings.
     fn adopt(&self, conn: &mut Handle<C>) {
         if let Some(instrumentation) = &self.instrumentation {
-            conn.set_instrumentation(instrumentation.clone());
+            conn.get_mut().set_instrumentation(instrumentation.clone());
         }
         if let Some(size) = self.cache_size {
-            conn.set_prepared_statement_cache_size(size);
+            conn.get_mut().set_prepared_statement_cache_size(size);
         }
     }
 
@@ -644,7 +655,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             && !self.in_replica_transaction
             && self.replica.as_mut().is_some_and(|replica| {
                 matches!(
-                    <C::TransactionManager as TransactionManager<C>>::transaction_manager_status_mut(replica)
+                    <C::TransactionManager as TransactionManager<C>>::transaction_manager_status_mut(replica.get_mut())
                         .transaction_depth(),
                     Ok(None)
                 )
@@ -775,7 +786,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         let (Some(bound), None, Some(replica)) = (
             self.router.replica_read_timeout,
             &self.primary,
-            self.replica.as_deref(),
+            self.replica.as_mut(),
         ) else {
             return rows;
         };
@@ -784,7 +795,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
                 .get_or_insert_with(|| Arc::new(AtomicBool::new(false))),
         );
         let node = self.replica_name.as_deref().unwrap_or("replica").to_owned();
-        let cancel = C::cancel_request(replica);
+        let cancel = C::cancel_request(replica.get_mut());
         let router = Arc::clone(&self.router);
         let deadline = tokio::time::sleep(bound);
         futures_util::stream::unfold(
@@ -818,7 +829,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
     fn discard_hung_replica_session(&mut self) {
         if let (Some(hung), Some(replica)) = (&self.hung_replica_session, self.replica.as_mut()) {
             if hung.swap(false, Ordering::AcqRel) {
-                mark_broken::<C>(replica);
+                mark_broken::<C>(replica.get_mut());
                 self.suspect_replica(&"a read's rows stopped coming");
             }
         }
@@ -826,8 +837,9 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
 
     /// What a replica statement's error says. A server error of no typed kind is
     /// either the statement's own or the last word of a session being terminated
-    /// (57P01 and the like, which diesel does not type): when a retry would follow,
-    /// the session is asked, with a bounded round trip, whether it still lives.
+    /// (57P01 and the like, which diesel does not type): when a retry would follow
+    /// (always, on a backend whose driver drops error codes), the session is asked,
+    /// with a bounded round trip, what it was ([`SwitchTarget::diagnose`]).
     async fn replica_failure(&mut self, error: &DieselError, may_retry: bool) -> StatementFailure {
         let failure = C::statement_failure(error);
         if failure != StatementFailure::Other || !matches!(error, DieselError::DatabaseError(..)) {
@@ -841,11 +853,11 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         if C::inner_is_broken(conn) {
             return StatementFailure::SessionLost;
         }
-        if !may_retry {
+        if !may_retry && !C::DIAGNOSE_UNTYPED {
             return failure;
         }
-        match tokio::time::timeout(bound, conn.batch_execute("SELECT 1")).await {
-            Ok(Ok(())) => StatementFailure::Other,
+        match tokio::time::timeout(bound, C::diagnose(conn)).await {
+            Ok(Ok(failure)) => failure,
             Ok(Err(_)) => StatementFailure::SessionLost,
             Err(_) => {
                 mark_broken(conn);
@@ -912,7 +924,7 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         // What the refused statement did before its write (an advisory lock, say)
         // may linger in that session: never hand it out again.
         if let Some(replica) = self.replica.as_mut() {
-            mark_broken::<C>(replica);
+            mark_broken::<C>(replica.get_mut());
         }
         Ok(())
     }
@@ -1053,8 +1065,8 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
     fn active_with_ctx(&mut self) -> (&mut C, &C::RenderCtx) {
         let ctx = &self.router.render_ctx;
         let conn: &mut C = match (&mut self.primary, &mut self.replica) {
-            (Some(primary), _) => primary,
-            (None, Some(replica)) => replica,
+            (Some(primary), _) => primary.get_mut(),
+            (None, Some(replica)) => replica.get_mut(),
             (None, None) => unreachable!("statements run only after a connection is in hand"),
         };
         (conn, ctx)
@@ -1064,18 +1076,16 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
         self.active_with_ctx().0
     }
 
-    fn active(&self) -> &C {
-        match (&self.primary, &self.replica) {
-            (Some(primary), _) => primary,
-            (None, Some(replica)) => replica,
-            (None, None) => unreachable!("a connection always holds a node"),
-        }
-    }
-
     pub(crate) fn any_broken(&mut self) -> bool {
         self.discard_hung_replica_session();
-        let replica = self.replica.as_mut().is_some_and(|r| C::inner_is_broken(r));
-        let primary = self.primary.as_mut().is_some_and(|p| C::inner_is_broken(p));
+        let replica = self
+            .replica
+            .as_mut()
+            .is_some_and(|r| C::inner_is_broken(r.get_mut()));
+        let primary = self
+            .primary
+            .as_mut()
+            .is_some_and(|p| C::inner_is_broken(p.get_mut()));
         replica || primary
     }
 }
@@ -1097,10 +1107,14 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
             if let Some(mut primary) = self.primary.take() {
                 // Do not leak this connection's settings into the primary's pool.
                 if self.instrumentation.is_some() {
-                    primary.set_instrumentation(None::<Box<dyn Instrumentation>>);
+                    primary
+                        .get_mut()
+                        .set_instrumentation(None::<Box<dyn Instrumentation>>);
                 }
                 if self.cache_size.is_some() {
-                    primary.set_prepared_statement_cache_size(CacheSize::Unbounded);
+                    primary
+                        .get_mut()
+                        .set_prepared_statement_cache_size(CacheSize::Unbounded);
                 }
             }
             self.switch_reason = None;
@@ -1149,7 +1163,7 @@ impl<C: SwitchTarget> Drop for SwitchableConnection<C> {
             // reconnect, never a leaked transaction.
             for conn in [&mut self.primary, &mut self.replica].into_iter().flatten() {
                 <C::TransactionManager as TransactionManager<C>>::transaction_manager_status_mut(
-                    conn,
+                    conn.get_mut(),
                 )
                 .set_in_error();
             }
@@ -1278,14 +1292,31 @@ impl<C: SwitchTarget> SimpleAsyncConnection for SwitchableConnection<C> {
                 Err(_) => return Err(self.abandon_replica_session(bound)),
             },
         };
-        match result {
+        let refused = match &result {
             Err(error)
                 if target == Target::Replica
                     && self.router.mode == InterlockMode::Switch
                     && self.replica_index.is_some()
-                    && !self.in_replica_transaction
-                    && C::statement_failure(&error) == StatementFailure::ReadOnlyRefused =>
+                    && !self.in_replica_transaction =>
             {
+                match C::statement_failure(error) {
+                    StatementFailure::Other
+                        if C::DIAGNOSE_UNTYPED
+                            && matches!(error, DieselError::DatabaseError(..)) =>
+                    {
+                        let diagnosis = C::diagnose(self.active_mut());
+                        matches!(
+                            tokio::time::timeout(SESSION_CHECK_BOUND, diagnosis).await,
+                            Ok(Ok(StatementFailure::ReadOnlyRefused))
+                        )
+                    }
+                    failure => failure == StatementFailure::ReadOnlyRefused,
+                }
+            }
+            _ => false,
+        };
+        match result {
+            Err(_) if refused => {
                 self.heal_refused(query).await?;
                 self.active_mut()
                     .batch_execute(query)
@@ -1431,7 +1462,12 @@ impl<C: SwitchTarget> AsyncConnection for SwitchableConnection<C> {
             None,
             &[],
         );
-        Ok(Self::on_primary(Box::new(Box::new(conn)), None, router, 0))
+        Ok(Self::on_primary(
+            Handle::new(Box::new(Box::new(conn))),
+            None,
+            router,
+            0,
+        ))
     }
 
     fn transaction_state(
@@ -1447,14 +1483,14 @@ impl<C: SwitchTarget> AsyncConnection for SwitchableConnection<C> {
     fn set_instrumentation(&mut self, instrumentation: impl Instrumentation) {
         let shared = SharedInstrumentation(Arc::new(Mutex::new(Box::new(instrumentation))));
         for conn in [&mut self.replica, &mut self.primary].into_iter().flatten() {
-            conn.set_instrumentation(shared.clone());
+            conn.get_mut().set_instrumentation(shared.clone());
         }
         self.instrumentation = Some(shared);
     }
 
     fn set_prepared_statement_cache_size(&mut self, size: CacheSize) {
         for conn in [&mut self.replica, &mut self.primary].into_iter().flatten() {
-            conn.set_prepared_statement_cache_size(size);
+            conn.get_mut().set_prepared_statement_cache_size(size);
         }
         self.cache_size = Some(size);
     }

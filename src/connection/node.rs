@@ -22,7 +22,7 @@ use super::SwitchTarget;
 use crate::{BoxError, FailureKind};
 
 /// An inner connection checked out of a node's pool (or owned).
-pub type NodeConnection<C> = Box<dyn std::ops::DerefMut<Target = C> + Send + Sync>;
+pub type NodeConnection<C> = Box<dyn std::ops::DerefMut<Target = C> + Send>;
 
 /// A failure of one node, typed, with its cause shared (several checkouts waiting
 /// on one node may all report the same connect error).
@@ -109,13 +109,15 @@ pub type OnConnect<C> =
 
 /// How to build one node's pool (hidden plumbing).
 #[doc(hidden)]
-pub struct NodePoolSettings<C> {
+pub struct NodePoolSettings<C: SwitchTarget> {
     /// How sessions to the node are opened (TLS, credentials, keepalives).
-    pub(crate) endpoint: Arc<crate::connect::PgEndpoint>,
-    /// The application's per-session set-up, run before `session_sql`.
+    pub(crate) endpoint: Arc<C::Endpoint>,
+    /// The application's per-session set-up, run before the crate's session SQL.
     pub(crate) on_connect: Option<OnConnect<C>>,
-    /// SQL run on every new connection (read-only session, statement timeout); may be empty.
-    pub session_sql: String,
+    /// Sessions are made read-only at the server (replicas).
+    pub(crate) read_only: bool,
+    /// Every statement of a session is bounded to this at the server.
+    pub(crate) statement_timeout: Option<Duration>,
     /// Pool size.
     pub max_size: u32,
     /// Bound on establishing one connection, and on validating a pooled one.
@@ -127,7 +129,7 @@ pub struct NodePoolSettings<C> {
     pub retry_connect: bool,
 }
 
-impl<C> std::fmt::Debug for NodePoolSettings<C> {
+impl<C: SwitchTarget> std::fmt::Debug for NodePoolSettings<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The endpoint's configuration holds the password: only its name shows.
         f.debug_struct("NodePoolSettings")
@@ -209,7 +211,7 @@ impl bb8::ErrorSink<NodeFailure> for Sink {
 
 /// bb8's manager for one node: connects through the backend (keepalives, session
 /// SQL), validates with a bounded round trip, and discards broken connections.
-struct Manager<C> {
+struct Manager<C: SwitchTarget> {
     settings: Arc<NodePoolSettings<C>>,
     _connection: std::marker::PhantomData<fn() -> C>,
 }
@@ -334,7 +336,7 @@ impl<C: SwitchTarget> NodePool<C> for BbNodePool<C> {
     }
 }
 
-fn saturated<C>(settings: &NodePoolSettings<C>) -> NodeFailure {
+fn saturated<C: SwitchTarget>(settings: &NodePoolSettings<C>) -> NodeFailure {
     NodeFailure::new(
         FailureKind::Saturated,
         format!(

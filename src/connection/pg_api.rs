@@ -44,7 +44,7 @@ impl SwitchableConnection<AsyncPgConnection> {
     /// session used TLS) or with `token.cancel_query(tokio_postgres::NoTls)` for a
     /// plain-text session. A cancelled replica read is not retried elsewhere (the
     /// server reports SQLSTATE 57014, the statement's own error).
-    pub fn cancel_token(&self) -> tokio_postgres::CancelToken {
-        self.active().cancel_token()
+    pub fn cancel_token(&mut self) -> tokio_postgres::CancelToken {
+        self.active_mut().cancel_token()
     }
 }

@@ -13,7 +13,8 @@ use crate::{CausalToken, Error, ReplicaStatus};
 
 const SHARDS: usize = 16;
 
-/// The longest pause between two replay-position checks of [`SwitchablePool::get_after`].
+/// How much longer than its own bound a replica's replay wait may take before the
+/// client gives up on its session.
 const CAUSAL_POLL_CAP: Duration = Duration::from_millis(50);
 /// Past this many keys in a shard, expired entries are swept on the next insert.
 const SWEEP_AT: usize = 1024;
@@ -103,34 +104,30 @@ impl<C: SwitchTarget> SwitchablePool<C> {
                 Err(_) => break,
             }
         }
-        let deadline = deadline.into_std();
         if let Some(mut lease) = lease {
-            let mut pause = Duration::from_millis(1);
-            loop {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(remaining, C::replay_lsn(&mut lease.handle)).await {
-                    Ok(Ok(Some(lsn))) if token.is_reached_by(lsn) => {
-                        stats.record_causal(CausalOutcome::Checked);
-                        return Ok(self.wrap_replica(lease));
-                    }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        tracing::debug!(target: "diesel_rwsplit::pool", replica = &*lease.name, error = %e, "replay position check failed");
-                        crate::connection::mark_broken::<C>(&mut lease.handle);
-                        break;
-                    }
-                    Err(_) => {
-                        // Cut mid-query: the session's state is unknown.
-                        crate::connection::mark_broken::<C>(&mut lease.handle);
-                        break;
-                    }
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // The backend waits at most `remaining` (server-side where it can); the
+            // client-side bound only catches a node that does not answer at all.
+            let bound = remaining + CAUSAL_POLL_CAP;
+            match tokio::time::timeout(
+                bound,
+                C::wait_replayed(lease.handle.get_mut(), token, remaining),
+            )
+            .await
+            {
+                Ok(Ok(true)) => {
+                    stats.record_causal(CausalOutcome::Checked);
+                    return Ok(self.wrap_replica(lease));
                 }
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                if remaining.is_zero() {
-                    break;
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(target: "diesel_rwsplit::pool", replica = &*lease.name, error = %e, "replay position check failed");
+                    crate::connection::mark_broken::<C>(lease.handle.get_mut());
                 }
-                tokio::time::sleep(pause.min(remaining)).await;
-                pause = (pause * 2).min(CAUSAL_POLL_CAP);
+                Err(_) => {
+                    // Cut mid-query: the session's state is unknown.
+                    crate::connection::mark_broken::<C>(lease.handle.get_mut());
+                }
             }
         }
         stats.record_causal(CausalOutcome::Primary);
@@ -171,11 +168,11 @@ impl<C: SwitchTarget> SwitchablePool<C> {
         let deadline = Instant::now() + timeout;
         let target = match tokio::time::timeout(timeout, async {
             let mut primary = self.inner.checkout_primary().await.ok()?;
-            C::current_wal_lsn(&mut primary).await.ok()
+            C::current_position(primary.get_mut()).await.ok()
         })
         .await
         {
-            Ok(Some(lsn)) => CausalToken::new(lsn),
+            Ok(Some(token)) => token,
             _ => return false,
         };
         let indexes: Vec<usize> = (0..self.inner.replicas.len())
@@ -188,19 +185,15 @@ impl<C: SwitchTarget> SwitchablePool<C> {
             else {
                 return false;
             };
-            loop {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(remaining, C::replay_lsn(&mut lease.handle)).await {
-                    Ok(Ok(Some(lsn))) if target.is_reached_by(lsn) => break,
-                    Ok(Ok(_)) if Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(1)).await
-                    }
-                    Ok(Ok(_)) => return false,
-                    _ => {
-                        // Failed or cut mid-query: the session's state is unknown.
-                        crate::connection::mark_broken::<C>(&mut lease.handle);
-                        return false;
-                    }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let wait = C::wait_replayed(lease.handle.get_mut(), &target, remaining);
+            match tokio::time::timeout(remaining + CAUSAL_POLL_CAP, wait).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return false,
+                _ => {
+                    // Failed or cut mid-query: the session's state is unknown.
+                    crate::connection::mark_broken::<C>(lease.handle.get_mut());
+                    return false;
                 }
             }
         }

@@ -19,13 +19,13 @@ use diesel_async::AsyncPgConnection;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
+use crate::backend::NodeEndpoint;
 use crate::classify::Classifier;
-use crate::connect::{ConnectSettings, PgEndpoint};
+use crate::connect::ConnectSettings;
 use crate::connection::{
-    BbNodePool, Handle, InterlockMode, NodeFailure, NodePool as NodeConnections, NodePoolSettings,
-    NodeSource, OnConnect, ReplicaLease, SwitchTarget, SwitchableConnection,
+    BbNodePool, Handle, InterlockMode, NodeConnection, NodeFailure, NodePool as NodeConnections,
+    NodePoolSettings, NodeSource, OnConnect, ReplicaLease, SwitchTarget, SwitchableConnection,
 };
-use crate::error::{FailureKind, NodeStep};
 use crate::monitor::{Monitor, MonitorConfig, NodeTarget};
 use crate::router::{GroupId, Router};
 use crate::stats::StatsSnapshot;
@@ -119,7 +119,7 @@ impl<C: SwitchTarget> NodePool<C> {
         self.weight
     }
 
-    async fn checkout(&self) -> Result<Handle<C>, NodeFailure> {
+    async fn checkout(&self) -> Result<NodeConnection<C>, NodeFailure> {
         self.pool.checkout().await
     }
 }
@@ -144,7 +144,7 @@ impl Drop for Outstanding {
 
 /// A replica connection that keeps its node's outstanding count while checked out.
 struct Counted<C> {
-    inner: Handle<C>,
+    inner: NodeConnection<C>,
     _outstanding: Outstanding,
 }
 
@@ -491,10 +491,10 @@ impl<C: SwitchTarget> PoolInner<C> {
                     .consecutive_failures
                     .store(0, Ordering::Relaxed);
                 self.router.stats.record_checkout(Target::Replica);
-                let handle: Handle<C> = Box::new(Counted {
+                let handle: Handle<C> = Handle::new(Box::new(Counted {
                     inner: handle,
                     _outstanding: outstanding,
-                });
+                }));
                 Some(ReplicaLease {
                     handle,
                     index,
@@ -534,7 +534,7 @@ impl<C: SwitchTarget> PoolInner<C> {
                             kind: failure.kind,
                             source: failure.into_source(),
                         })?;
-                (handle, 0)
+                (Handle::new(handle), 0)
             }
             Primary::Discovered(discovered) => self.checkout_discovered(discovered).await?,
         };
@@ -1450,27 +1450,29 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             }
         }
         let primary_endpoint = match &primary_url {
-            Some(url) => Some(Arc::new(PgEndpoint::new("primary", url, &self.connect)?)),
+            Some(url) => Some(Arc::new(C::Endpoint::parse("primary", url, &self.connect)?)),
             None => None,
         };
         let mut replica_endpoints = Vec::with_capacity(reader_urls.len());
         for (index, url) in reader_urls.iter().enumerate() {
             let label = format!("{label}{}", index + 1);
-            replica_endpoints.push(Arc::new(PgEndpoint::new(&label, url, &self.connect)?));
+            replica_endpoints.push(Arc::new(C::Endpoint::parse(&label, url, &self.connect)?));
         }
         let mut unreachable_replicas = Vec::new();
         if self.verify_on_build {
             let primary_check = async {
                 match &primary_endpoint {
                     Some(endpoint) => {
-                        reachable(endpoint, self.primary_settings.connect_timeout).await
+                        endpoint
+                            .reachable(self.primary_settings.connect_timeout)
+                            .await
                     }
                     None => Ok(()),
                 }
             };
             let replica_checks = replica_endpoints
                 .iter()
-                .map(|endpoint| reachable(endpoint, self.replica_settings.connect_timeout));
+                .map(|endpoint| endpoint.reachable(self.replica_settings.connect_timeout));
             let (primary_ok, replicas_ok) = futures_util::future::join(
                 primary_check,
                 futures_util::future::join_all(replica_checks),
@@ -1506,14 +1508,14 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             // connect, never handed out as primary sessions.
             Some(endpoint) => Primary::Fixed(node_pool::<C>(
                 Arc::new(endpoint.read_write()),
-                None,
+                false,
                 self.primary_settings,
                 self.on_connect.clone(),
                 1,
                 true,
             )),
             None => {
-                let writable: Vec<Arc<PgEndpoint>> = replica_endpoints
+                let writable: Vec<Arc<C::Endpoint>> = replica_endpoints
                     .iter()
                     .map(|endpoint| Arc::new(endpoint.read_write()))
                     .collect();
@@ -1523,7 +1525,7 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
                 let make = move |index: usize| {
                     node_pool::<C>(
                         Arc::clone(&writable[index]),
-                        None,
+                        false,
                         settings,
                         on_connect.clone(),
                         1,
@@ -1547,7 +1549,7 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
             };
             let mut replica = node_pool::<C>(
                 endpoint,
-                Some(C::READ_ONLY_SESSION_SQL),
+                true,
                 self.replica_settings,
                 self.on_connect.clone(),
                 weight,
@@ -1667,20 +1669,19 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
 }
 
 fn node_pool<C: SwitchTarget>(
-    endpoint: Arc<PgEndpoint>,
-    read_only_sql: Option<&'static str>,
+    endpoint: Arc<C::Endpoint>,
+    read_only: bool,
     role: RoleSettings,
     on_connect: Option<OnConnect<C>>,
     weight: u32,
     retry_connect: bool,
 ) -> NodePool<C> {
-    let mut session_sql: Vec<String> = read_only_sql.map(str::to_owned).into_iter().collect();
-    session_sql.extend(role.statement_timeout.map(C::statement_timeout_sql));
     let name = Arc::from(endpoint.name());
     let pool = Arc::new(BbNodePool::<C>::new(NodePoolSettings {
         endpoint,
         on_connect,
-        session_sql: session_sql.join("; "),
+        read_only,
+        statement_timeout: role.statement_timeout,
         max_size: role.max_size,
         connect_timeout: role.connect_timeout,
         checkout_timeout: role.checkout_timeout,
@@ -1693,49 +1694,6 @@ fn node_pool<C: SwitchTarget>(
         weight,
         group: None,
     }
-}
-
-/// Whether every TCP host of the node accepts a connection within `timeout`.
-async fn reachable(endpoint: &PgEndpoint, timeout: Duration) -> Result<(), Error> {
-    let err = |kind, source: crate::BoxError| Error::Node {
-        node: endpoint.name().to_owned(),
-        step: NodeStep::Connect,
-        kind,
-        source,
-    };
-    let config = endpoint.config();
-    for (index, (host, port)) in config
-        .get_hosts()
-        .iter()
-        .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
-        .enumerate()
-    {
-        if let tokio_postgres::config::Host::Tcp(host) = host {
-            // libpq's `hostaddr` is where the connection goes; `host` is then only
-            // the name the certificate must carry.
-            let connect = match config.get_hostaddrs().get(index) {
-                Some(addr) => tokio::net::TcpStream::connect((*addr, *port)).boxed(),
-                None => tokio::net::TcpStream::connect((host.as_str(), *port)).boxed(),
-            };
-            match tokio::time::timeout(timeout, connect).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    let kind = match e.kind() {
-                        std::io::ErrorKind::TimedOut => FailureKind::NoAnswer,
-                        _ => FailureKind::Refused,
-                    };
-                    return Err(err(kind, Box::new(e)));
-                }
-                Err(_) => {
-                    return Err(err(
-                        FailureKind::NoAnswer,
-                        format!("no TCP connection within {timeout:?}").into(),
-                    ))
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -233,7 +233,7 @@ impl<C: SwitchTarget> PoolInner<C> {
                             continue;
                         }
                         self.primary_reached(d);
-                        return Ok((handle, current.generation));
+                        return Ok((Handle::new(handle), current.generation));
                     }
                     // No failover mends these: say so now, typed, as a fixed
                     // primary does.

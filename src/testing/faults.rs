@@ -124,7 +124,7 @@ impl Faults {
     }
 
     /// Wrap one node's pool.
-    pub(crate) fn wrap<C: Send + Sync + 'static>(
+    pub(crate) fn wrap<C: Send + 'static>(
         &self,
         node: FaultNode,
         pool: Arc<dyn NodePool<C>>,
@@ -143,7 +143,7 @@ struct Faulty<C> {
     pool: Arc<dyn NodePool<C>>,
 }
 
-impl<C: Send + Sync + 'static> Faulty<C> {
+impl<C: Send + 'static> Faulty<C> {
     async fn strike(&self, step: FaultStep) -> Result<(), NodeFailure> {
         match self.faults.take(self.node, step) {
             None => Ok(()),
@@ -157,7 +157,7 @@ impl<C: Send + Sync + 'static> Faulty<C> {
     }
 }
 
-impl<C: Send + Sync + 'static> NodePool<C> for Faulty<C> {
+impl<C: Send + 'static> NodePool<C> for Faulty<C> {
     fn checkout(&self) -> BoxFuture<'_, Result<NodeConnection<C>, NodeFailure>> {
         async move {
             self.strike(FaultStep::Checkout).await?;

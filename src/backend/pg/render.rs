@@ -34,7 +34,8 @@ use diesel::QueryResult;
 use diesel_async::{AsyncConnectionCore, AsyncPgConnection, RunQueryDsl};
 use futures_util::future::BoxFuture;
 
-use super::backend::{PgRow, RowStream, SqlText};
+use super::PgRow;
+use crate::backend::{RowStream, SqlText};
 
 type TypeKey = (Option<String>, String);
 const FAKE_OID: u32 = 0;
