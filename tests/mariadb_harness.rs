@@ -215,3 +215,162 @@ async fn stop_start_freeze_thaw() {
         .iter()
         .all(|p| diesel_rwsplit::testing::process_is_gone(*p)));
 }
+
+/// The MySQL error code of a statement's failure (never its message text).
+async fn refusal(conn: &mut Conn, sql: &str) -> u16 {
+    match conn.query_drop(sql).await {
+        Ok(()) => panic!("{sql} ran"),
+        Err(mysql_async::Error::Server(e)) => e.code,
+        Err(other) => panic!("{sql}: expected a server error, got {other:?}"),
+    }
+}
+
+/// A connection as `user` (no password) through a node's Unix socket, like root's.
+async fn connect_local(admin_url: &str, user: &str) -> Conn {
+    let admin = Opts::from_url(admin_url).unwrap();
+    let opts = mysql_async::OptsBuilder::from_opts(admin).user(Some(user));
+    Conn::new(opts).await.unwrap()
+}
+
+/// Replicas are `read_only`, which stops only accounts without `READ ONLY ADMIN`:
+/// the application account cannot write there (1290), root can, and a read-only
+/// session transaction (what the pool's replica sessions run in) stops both (1792).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_read_only_admin_writes_past_read_only() {
+    let cluster = start(1).await;
+    let primary = cluster.primary_url();
+    let replica = cluster.replica_url(0).unwrap();
+    let replica_admin = cluster.replica_admin_url(0).unwrap();
+    exec(&primary, "CREATE TABLE t (id INT PRIMARY KEY)").await;
+    cluster.wait_for_replicas(WAIT).await.unwrap();
+
+    // `app` holds no global privilege at all: no SUPER, no READ ONLY ADMIN.
+    let mut app = connect(&replica).await;
+    let global: Vec<String> = app
+        .query("SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES")
+        .await
+        .unwrap();
+    assert_eq!(global, ["USAGE"]);
+    assert_eq!(
+        scalar(&replica, "SELECT @@read_only").await.as_deref(),
+        Some("1")
+    );
+    // MariaDB 10.11 has no `super_read_only` (MySQL's switch that stops SUPER
+    // too): unknown system variable.
+    assert_eq!(refusal(&mut app, "SELECT @@super_read_only").await, 1193);
+
+    // `app` on the replica: `read_only` refuses its writes (1290), in a read-only
+    // session transaction as well (not 1792: `read_only` is checked first).
+    assert_eq!(refusal(&mut app, "INSERT INTO t VALUES (1)").await, 1290);
+    assert_eq!(refusal(&mut app, "UPDATE t SET id = 2").await, 1290);
+    assert_eq!(refusal(&mut app, "CREATE TABLE u (id INT)").await, 1290);
+    app.query_drop("SET SESSION TRANSACTION READ ONLY")
+        .await
+        .unwrap();
+    let tx_read_only: Option<String> = app.query_first("SELECT @@tx_read_only").await.unwrap();
+    assert_eq!(tx_read_only.as_deref(), Some("1"));
+    assert_eq!(refusal(&mut app, "INSERT INTO t VALUES (1)").await, 1290);
+    app.disconnect().await.unwrap();
+
+    // `app` on the primary in a read-only session transaction: 1792.
+    let mut app = connect(&primary).await;
+    app.query_drop("SET SESSION TRANSACTION READ ONLY")
+        .await
+        .unwrap();
+    assert_eq!(refusal(&mut app, "INSERT INTO t VALUES (1)").await, 1792);
+    app.disconnect().await.unwrap();
+
+    // Root (every privilege, READ ONLY ADMIN included) writes on the replica despite
+    // `read_only`: what `read_only` alone cannot stop. Kept out of the replica's
+    // binary log, so that the primary's GTIDs stay in order.
+    let mut root = connect(&replica_admin).await;
+    root.query_drop("SET SESSION sql_log_bin = 0")
+        .await
+        .unwrap();
+    root.query_drop("INSERT INTO t VALUES (100)").await.unwrap();
+    // A read-only session transaction stops even root (1792).
+    root.query_drop("SET SESSION TRANSACTION READ ONLY")
+        .await
+        .unwrap();
+    assert_eq!(refusal(&mut root, "INSERT INTO t VALUES (101)").await, 1792);
+    root.disconnect().await.unwrap();
+
+    // None of `app`'s refused writes ran; root's did, on the replica alone;
+    // replication goes on.
+    assert_eq!(count(&replica).await, 1);
+    assert_eq!(count(&primary).await, 0);
+    exec(&primary, "INSERT INTO t VALUES (1)").await;
+    cluster.wait_for_replicas(WAIT).await.unwrap();
+    assert_eq!(count(&replica).await, 2);
+
+    // On MariaDB 10.11, READ ONLY ADMIN is the privilege that writes past
+    // `read_only`; SUPER no longer implies it (MDEV-29596). Two socket-only
+    // accounts made on the replica alone show it (last: the write of `roa` goes
+    // into the replica's own binary log, out of step with the primary's GTIDs).
+    let mut root = connect(&replica_admin).await;
+    root.query_drop("SET SESSION sql_log_bin = 0")
+        .await
+        .unwrap();
+    let version: String = root.query_first("SELECT VERSION()").await.unwrap().unwrap();
+    let mut numbers = version
+        .split(['.', '-'])
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    for (user, privilege) in [("su", "SUPER"), ("roa", "READ ONLY ADMIN")] {
+        for sql in [
+            format!("CREATE USER '{user}'@'localhost'"),
+            format!("GRANT {privilege} ON *.* TO '{user}'@'localhost'"),
+            format!("GRANT INSERT ON test.* TO '{user}'@'localhost'"),
+        ] {
+            root.query_drop(sql).await.unwrap();
+        }
+    }
+    root.disconnect().await.unwrap();
+    let mut su = connect_local(&replica_admin, "su").await;
+    if (major, minor) >= (10, 11) {
+        assert_eq!(refusal(&mut su, "INSERT INTO t VALUES (103)").await, 1290);
+    } else {
+        eprintln!("MariaDB {version}: SUPER still implies READ ONLY ADMIN");
+    }
+    su.disconnect().await.unwrap();
+    let mut roa = connect_local(&replica_admin, "roa").await;
+    roa.query_drop("INSERT INTO t VALUES (102)").await.unwrap();
+    roa.disconnect().await.unwrap();
+    assert_eq!(count(&replica).await, 3);
+}
+
+/// Processes whose command line names `dir`.
+fn processes_naming(dir: &std::path::Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+        })
+        .filter(|pid| !diesel_rwsplit::testing::process_is_gone(*pid))
+        .collect()
+}
+
+/// A start-up dropped while `mariadb-install-db` writes the primary's data
+/// directory kills it before removing the cluster's directory (it used to go on
+/// writing there, and the directory was left behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_cancelled_during_install_leaves_nothing() {
+    let dir = std::path::PathBuf::from(format!("/tmp/rws-mh-cancel-{}", std::process::id()));
+    let installing = async {
+        while !dir.join("primary").join("mysql").exists() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    tokio::select! {
+        started = MariaCluster::builder().replicas(1).dir(&dir).start() => {
+            panic!("started before the install was seen: {:?}", started.map(|_| ()));
+        }
+        () = installing => {}
+    }
+    assert!(!dir.exists(), "{} was left behind", dir.display());
+    assert_eq!(processes_naming(&dir), Vec::<u32>::new());
+}

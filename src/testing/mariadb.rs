@@ -3,7 +3,7 @@
 use std::fmt;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -160,6 +160,7 @@ impl MariaClusterBuilder {
             timeout: self.timeout,
             app_password: Secret(random_password()),
             repl_password: Secret(random_password()),
+            installing: Mutex::new(None),
         };
         cluster.install(&self.settings).await?;
         cluster.start_node(&cluster.primary, true).await?;
@@ -206,8 +207,9 @@ impl MariaClusterBuilder {
 ///   own account, see [`primary_admin_url`](Self::primary_admin_url)); `repl`
 ///   (REPLICATION SLAVE) for the replicas; and the application account `app`,
 ///   with a random password and SELECT, INSERT, UPDATE, DELETE, CREATE, DROP,
-///   INDEX, ALTER on database `test` only, so that `read_only` refuses its
-///   writes on a replica (error 1290), as it would not refuse root's.
+///   INDEX, ALTER on database `test` only, and no global privilege, so that
+///   `read_only` refuses its writes on a replica (error 1290), as it would not
+///   refuse root's (see "Who can write on a replica" below).
 /// - Settings: `server_id` per node (primary 1, replica *n* is *n*+1),
 ///   `log_bin`, `binlog_format=ROW`, `gtid_strict_mode=ON`,
 ///   `log_slave_updates=ON`, `skip_name_resolve`, and fast, unsafe durability
@@ -223,6 +225,31 @@ impl MariaClusterBuilder {
 ///
 /// Replicas are addressed by zero-based index. Every fault-injection method
 /// returns only once its effect can be observed.
+///
+/// # Who can write on a replica
+///
+/// Replicas run with `read_only=ON`, and `read_only` does not apply to every
+/// account: it refuses writes to non-temporary tables (error 1290,
+/// `ER_OPTION_PREVENTS_STATEMENT`) only to accounts without the privilege that
+/// overrides it. On MySQL, and on MariaDB before 10.11, that privilege is `SUPER`
+/// (MariaDB 10.5-10.10 also name it `READ ONLY ADMIN`, which `SUPER` includes
+/// there); MySQL 5.7 and 8 add `super_read_only`, which refuses them too. MariaDB
+/// 10.11 has no `super_read_only` (`SELECT @@super_read_only` fails with 1193):
+/// there the `READ ONLY ADMIN` privilege alone lets an account write past
+/// `read_only`, and `SUPER` no longer includes it (MDEV-29596). Root holds
+/// every privilege, so root's sessions write on a replica; a replica that was
+/// written to outside replication has diverged from its primary.
+///
+/// So the account an application uses against replicas must hold neither
+/// `READ ONLY ADMIN` nor `SUPER` (nor `ALL PRIVILEGES ON *.*`): then `read_only` is
+/// what refuses a misrouted write on a replica. `app` holds privileges on
+/// database `test` only; it cannot write on a replica, whether or not its session
+/// is read-only (1290: `read_only` is checked before the transaction's access
+/// mode). Independently of the account, a session in a read-only transaction
+/// (`SET SESSION TRANSACTION READ ONLY`, `tx_read_only=1`) refuses writes with
+/// 1792 (`ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION`) even to root.
+/// `tests/mariadb_harness.rs` (`only_read_only_admin_writes_past_read_only`)
+/// checks each of these on a running cluster.
 pub struct MariaCluster {
     dir: PathBuf,
     programs: MariaPrograms,
@@ -233,6 +260,10 @@ pub struct MariaCluster {
     timeout: Duration,
     app_password: Secret,
     repl_password: Secret,
+    /// The process group of the install step running now (`mariadb-install-db`
+    /// and the `mariadbd --bootstrap` it runs, or a `cp`): a start-up cancelled
+    /// meanwhile kills it before removing the directory it writes in.
+    installing: Mutex<Option<u32>>,
 }
 
 impl fmt::Debug for MariaCluster {
@@ -532,6 +563,9 @@ impl MariaCluster {
     }
 
     fn stop_all(&mut self) -> Result<()> {
+        if let Some(group) = lock(&self.installing).take() {
+            kill_group(group);
+        }
         let nodes: Vec<&MariaNode> = self
             .replicas
             .iter()
@@ -607,7 +641,7 @@ impl MariaCluster {
                 "--skip-name-resolve",
             ])
             .arg(format!("--extra-file={}", setup.display()));
-        let installed = blocking(move || process::run_to_completion(install)).await;
+        let installed = self.run_install_step(install).await;
         let _ = std::fs::remove_file(&setup);
         installed.map_err(|e| self.err("primary", ClusterStep::InstallDb, e))?;
 
@@ -616,11 +650,43 @@ impl MariaCluster {
             copy.arg("-a")
                 .arg(&self.primary.data_dir)
                 .arg(&node.data_dir);
-            blocking(move || process::run_to_completion(copy))
+            self.run_install_step(copy)
                 .await
                 .map_err(|e| self.err(&node.name, ClusterStep::InstallDb, e))?;
         }
         Ok(())
+    }
+
+    /// Run an install step to completion in a process group of its own, recorded in
+    /// `installing` while it runs: dropping a start-up future here leaves it running
+    /// on a blocking thread, and `stop_all` must kill it (with whatever it started)
+    /// before it removes the directory, or the step goes on writing in it.
+    async fn run_install_step(&self, mut command: Command) -> std::result::Result<(), BoxError> {
+        use std::os::unix::process::CommandExt;
+        let child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()?;
+        *lock(&self.installing) = Some(child.id());
+        let finished = blocking(move || {
+            let output = child.wait_with_output()?;
+            if output.status.success() {
+                return Ok(());
+            }
+            let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
+            if text.trim().is_empty() {
+                text = String::from_utf8_lossy(&output.stdout).into_owned();
+            }
+            Err(std::io::Error::other(format!(
+                "{}: {}",
+                output.status,
+                process::tail(&text, 12)
+            )))
+        })
+        .await;
+        *lock(&self.installing) = None;
+        finished
     }
 
     /// Run once at install time, before any binary log exists: root keeps only
@@ -968,6 +1034,37 @@ impl MariaNode {
             last_sql_error: column("Last_SQL_Error"),
         })
     }
+}
+
+/// SIGKILL a process group and wait (up to 5 s) until none of its processes runs.
+fn kill_group(group: u32) {
+    let _ = process::signal_group(group, libc::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while group_runs(group) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether a process of group `group` still runs (zombies do not count).
+fn group_runs(group: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .any(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let Some(close) = stat.rfind(')') else {
+                return false;
+            };
+            // Fields after the name: state, ppid, pgrp.
+            let mut fields = stat[close + 1..].split_whitespace();
+            let state = fields.next();
+            let pgrp = fields.nth(1).and_then(|p| p.parse::<u32>().ok());
+            pgrp == Some(group) && !matches!(state, Some("Z" | "X"))
+        })
 }
 
 /// A column of a text-protocol row as a string (`None` for NULL).
