@@ -1,15 +1,20 @@
-//! Reading the audit's input: a `pg_stat_statements` CSV export or a PostgreSQL log.
+//! Reading the audit's input: a `pg_stat_statements` CSV export or a PostgreSQL log, or
+//! (in [`mysql`]) a MySQL/MariaDB `performance_schema` digest export or general query log.
 //!
-//! Both readers stream (a `log_statement = 'all'` log can be large) and hand every
-//! statement to a callback with the line it starts on, its calls and, for a CSV with a
-//! `total_exec_time` column, its execution time. Every problem is an [`InputError`]
-//! naming the line.
+//! Every reader streams (a `log_statement = 'all'` log or a general log can be large)
+//! and hands every statement to a callback with the line it starts on, its calls and,
+//! for an export with a time column, its execution time. Every problem is an
+//! [`InputError`] naming the line.
+
+mod mysql;
 
 use std::fmt;
 use std::io::{self, BufRead, Cursor, Read};
 use std::sync::OnceLock;
 
 use regex::Regex;
+
+use crate::options::DialectArg;
 
 /// How the input is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -18,6 +23,14 @@ pub(crate) enum Format {
     Csv,
     /// A PostgreSQL server log written with `log_statement = 'all'`.
     Log,
+    /// A MySQL/MariaDB `performance_schema.events_statements_summary_by_digest` export:
+    /// CSV with a header and `DIGEST_TEXT` and `COUNT_STAR` columns.
+    DigestCsv,
+    /// The same export as `mariadb --batch` (`mysql --batch`) prints it: tab-separated,
+    /// with a header line.
+    DigestTsv,
+    /// A MySQL/MariaDB general query log (`general_log = 1`, written to a file).
+    MysqlLog,
 }
 
 impl Format {
@@ -25,6 +38,19 @@ impl Format {
         match self {
             Format::Csv => "csv",
             Format::Log => "log",
+            Format::DigestCsv => "digest-csv",
+            Format::DigestTsv => "digest-tsv",
+            Format::MysqlLog => "mysql-log",
+        }
+    }
+
+    /// The dialect the statements of this format are in, unless `--dialect` says
+    /// otherwise: a `pg_stat_statements` CSV may hold any dialect's statements (other
+    /// tools write the same two columns), so it says PostgreSQL, as before.
+    pub(crate) const fn dialect(self) -> DialectArg {
+        match self {
+            Format::Csv | Format::Log => DialectArg::Postgres,
+            Format::DigestCsv | Format::DigestTsv | Format::MysqlLog => DialectArg::Mysql,
         }
     }
 }
@@ -72,7 +98,7 @@ pub(crate) struct Statement<'a> {
     pub(crate) line: u64,
     pub(crate) sql: &'a str,
     pub(crate) calls: u64,
-    /// Total execution time in milliseconds (CSV with a time column only).
+    /// Total execution time in milliseconds (exports with a time column only).
     pub(crate) time_ms: Option<f64>,
 }
 
@@ -134,17 +160,51 @@ fn utf8(raw: &[u8], line: u64) -> Result<&str, InputError> {
 }
 
 impl<R: BufRead> Opened<R> {
+    /// The format of the input: the file's extension decides between the families
+    /// (`.csv`: `csv`, or `digest-csv`/`digest-tsv` when the header names
+    /// `DIGEST_TEXT`; `.tsv`: `digest-tsv`; `.log`: `mysql-log` when the first line is
+    /// a MySQL/MariaDB general log line, else `log`); without one of those extensions,
+    /// the first non-blank line alone decides ([`sniff`](Self::sniff)).
+    pub(crate) fn detect(&self, extension: Option<&str>) -> Option<Format> {
+        let is = |ext: &str| extension.is_some_and(|e| e.eq_ignore_ascii_case(ext));
+        if is("csv") {
+            Some(self.digest_header().unwrap_or(Format::Csv))
+        } else if is("tsv") {
+            Some(Format::DigestTsv)
+        } else if is("log") {
+            Some(if mysql::is_log_line(&self.first) {
+                Format::MysqlLog
+            } else {
+                Format::Log
+            })
+        } else {
+            self.sniff()
+        }
+    }
+
     /// The format the first non-blank line suggests, if any.
     pub(crate) fn sniff(&self) -> Option<Format> {
-        if log_entry(&self.first).is_some() {
+        if mysql::is_log_line(&self.first) {
+            Some(Format::MysqlLog)
+        } else if log_entry(&self.first).is_some() {
             Some(Format::Log)
-        } else if self
-            .first
-            .split(',')
-            .map(|c| c.trim().trim_matches('"'))
-            .any(|c| c.eq_ignore_ascii_case("query"))
-        {
+        } else if let Some(format) = self.digest_header() {
+            Some(format)
+        } else if header_names(&self.first, ',').any(|c| c.eq_ignore_ascii_case("query")) {
             Some(Format::Csv)
+        } else {
+            None
+        }
+    }
+
+    /// `digest-tsv` or `digest-csv` if the first line is a header naming `DIGEST_TEXT`,
+    /// separated by tabs or by commas.
+    fn digest_header(&self) -> Option<Format> {
+        let digest = |c: &str| c.eq_ignore_ascii_case("digest_text");
+        if self.first.contains('\t') && header_names(&self.first, '\t').any(digest) {
+            Some(Format::DigestTsv)
+        } else if header_names(&self.first, ',').any(digest) {
+            Some(Format::DigestCsv)
         } else {
             None
         }
@@ -158,17 +218,28 @@ impl<R: BufRead> Opened<R> {
         &self.first
     }
 
-    /// Read every statement, in input order.
+    /// Read every statement, in input order. Returns warnings about what was read
+    /// but left out of the audit (for standard error), if any.
     pub(crate) fn read(
         self,
         format: Format,
         each: impl FnMut(Statement<'_>),
-    ) -> Result<(), InputError> {
+    ) -> Result<Vec<String>, InputError> {
         match format {
-            Format::Csv => read_csv(self.reader, each),
-            Format::Log => read_log(self.reader, each),
+            Format::Csv => read_csv(self.reader, each).map(|()| Vec::new()),
+            Format::Log => read_log(self.reader, each).map(|()| Vec::new()),
+            Format::DigestCsv => mysql::read_digest(CsvReader::new(self.reader), format, each),
+            Format::DigestTsv => {
+                mysql::read_digest(mysql::TsvReader::new(self.reader), format, each)
+            }
+            Format::MysqlLog => mysql::read_log(self.reader, each),
         }
     }
+}
+
+/// The names in a header line split on `separator`, trimmed and unquoted.
+fn header_names(line: &str, separator: char) -> impl Iterator<Item = &str> {
+    line.split(separator).map(|c| c.trim().trim_matches('"'))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -200,9 +271,14 @@ fn read_csv(input: impl BufRead, mut each: impl FnMut(Statement<'_>)) -> Result<
         return Err(InputError::at(
             header_line,
             format!(
-                "the CSV header has no `{}` column (it has: {}); expected a pg_stat_statements export with a header row and at least `query` and `calls`",
+                "the CSV header has no `{}` column (it has: {}); expected a pg_stat_statements export with a header row and at least `query` and `calls`{}",
                 missing.join("` and `"),
                 describe_columns(&names),
+                if column(&names, &["digest_text"]).is_some() {
+                    " (this header is a performance_schema digest export's: pass --format digest-csv)"
+                } else {
+                    ""
+                },
             ),
         ));
     };

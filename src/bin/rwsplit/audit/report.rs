@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::input::{Format, Statement};
 use super::AuditArgs;
+use crate::options::DialectArg;
 
 /// Statements with the same fingerprint and verdict.
 #[derive(Debug)]
@@ -75,7 +76,8 @@ impl<'c> Tally<'c> {
         };
     }
 
-    pub(super) fn report(self, args: &AuditArgs, format: Format) -> Report {
+    /// The report, for `args`' input read as `format` and classified in `dialect`.
+    pub(super) fn report(self, args: &AuditArgs, format: Format, dialect: DialectArg) -> Report {
         let mut groups: Vec<Group> = self.groups.into_values().collect();
         // Most calls first; ties by input order, so the report is deterministic.
         groups.sort_by(|a, b| {
@@ -128,7 +130,7 @@ impl<'c> Tally<'c> {
             format_version: 1,
             input: args.input.display().to_string(),
             format: format.as_str(),
-            dialect: args.dialect.as_str(),
+            dialect: dialect.as_str(),
             statements: self.statements,
             distinct_statements: distinct,
             calls: self.calls,
