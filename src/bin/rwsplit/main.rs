@@ -22,9 +22,11 @@ enum Command {
     /// Classify SQL statements read one per line from stdin: `replica`, or `primary<TAB>reason`.
     Classify(classify::ClassifyArgs),
     /// Estimate, before adopting, how much of a workload replicas could serve: from a
-    /// `pg_stat_statements` CSV export or a PostgreSQL log with `log_statement = 'all'`.
+    /// `pg_stat_statements` CSV export or a PostgreSQL log with `log_statement = 'all'`,
+    /// or a MySQL/MariaDB `performance_schema` digest export or general query log.
     Audit(audit::AuditArgs),
-    /// Start, inspect and stop a local primary + streaming replicas.
+    /// Start, inspect and stop a local primary + streaming replicas (`up --mysql`:
+    /// a MariaDB primary + GTID replicas).
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
 }
