@@ -1,7 +1,8 @@
 //! # diesel-rwsplit
 //!
 //! In-process read/write splitting for [Diesel](https://diesel.rs) applications over a
-//! PostgreSQL primary and its streaming replicas: no proxy, no extra network hop.
+//! PostgreSQL primary and its streaming replicas, or a MySQL/MariaDB primary and its
+//! GTID replicas (feature `mysql`): no proxy, no extra network hop.
 //!
 //! Its core is a *safety interlock*: a connection that starts on a replica and flips to
 //! the primary when a write statement, a transaction begin or a save/delete hook
@@ -12,6 +13,7 @@
 //! | feature    | default | what it adds |
 //! |------------|---------|--------------|
 //! | `postgres` | yes     | PostgreSQL support through diesel-async's `AsyncPgConnection` |
+//! | `mysql`    | no      | MySQL and MariaDB through diesel-async's `AsyncMysqlConnection`: see [MySQL and MariaDB](#mysql-and-mariadb) |
 //! | `tls`      | yes     | TLS on every connection the crate opens (rustls), as the URLs' `sslmode`, `sslrootcert`, `sslcert`, `sslkey` say; without it a URL that asks for TLS is a configuration error |
 //! | `testing`  | no      | [`testing::LocalCluster`]: a throwaway primary + streaming replicas built from the machine's PostgreSQL binaries, with fault injection, for your own tests, [`testing::PatroniCluster`]: the same servers managed by Patroni over etcd, for switchover and failover tests; and [`testing::MariaCluster`]: a throwaway MariaDB primary + GTID replicas |
 //! | `deadpool` | no      | [`SwitchableDeadpool`]: a deadpool pool of switchable connections, for services that keep a deadpool `Pool` (the counterpart of the bb8 adapter [`SwitchableManager`]) |
@@ -330,6 +332,44 @@
 //! writes and 18-24 with it sized for the handlers, against 64 with everything on the
 //! primary.
 //!
+//! ## MySQL and MariaDB
+//!
+//! With feature `mysql`, `SwitchablePool<AsyncMysqlConnection>` and
+//! `SwitchableConnection<AsyncMysqlConnection>` have the same API and guarantees as
+//! the PostgreSQL ones, from `mysql://` URLs. What differs:
+//!
+//! * **Read-only replica sessions**: `SET SESSION TRANSACTION READ ONLY` (a write
+//!   fails with 1792). Run replicas with `read_only = ON` too, and give the
+//!   application an account without `SUPER` or (MariaDB 10.11) `READ ONLY ADMIN`:
+//!   those privileges write past `read_only`, so `read_only` alone does not stop
+//!   such an account (MySQL's `super_read_only` does; MariaDB 10.11 has none).
+//!   MariaDB checks `read_only` first: the app account's write on a replica fails
+//!   with 1290.
+//! * **Errors by code**: diesel-async keeps only the message of a MySQL server
+//!   error (it types 1792 alone), so after an untyped error on a replica the session's
+//!   own diagnostics area (`SHOW ERRORS`) gives the code: 1290, 1836 and 1792 are a
+//!   read-only refusal (the statement did not run and runs again on the primary,
+//!   counted as [`SwitchReason::ReplicaRefused`]); a session that does not answer
+//!   is lost (2006, 2013, 1927), and a read may run again elsewhere.
+//! * **Positions are GTIDs**: MariaDB's `@@gtid_binlog_pos` (primary) and
+//!   `@@gtid_slave_pos` (replicas), MySQL's `@@gtid_executed`. The lag monitor reduces
+//!   them to one number per node (sequence numbers summed over domains; MySQL: the
+//!   count of transactions), so [`ReplicaStatus::replay_lag_bytes`], `max_lag_bytes` and
+//!   [`Balance::LeastLag`] count *transactions* on this backend; lag in time is
+//!   dated as on PostgreSQL. A member is a standby when `@@read_only` is on.
+//!   [`CausalToken`]s carry the GTID position (`rw1m.0-1-42`) and
+//!   [`SwitchablePool::get_after`] checks it on a replica with one server-side wait
+//!   (`MASTER_GTID_WAIT`; MySQL `WAIT_FOR_EXECUTED_GTID_SET`).
+//! * **Statement timeouts**: `max_statement_time` on MariaDB (every statement),
+//!   `max_execution_time` on MySQL (read-only `SELECT`s only).
+//! * **Rows of re-runnable reads**: diesel-async's MySQL row stream borrows its
+//!   session, so a statement run from its rendering (a read with read retry on, a
+//!   statement that waited for the primary) has its rows collected before they are
+//!   yielded; `load` collects them anyway, `load_stream` sees them arrive at once.
+//!
+//! Tested on MariaDB 10.11 ([`testing::MariaCluster`] starts a primary + GTID
+//! replicas); MySQL 8's paths (flavour from `@@version`) follow its documentation.
+//!
 //! ## A real replicated cluster for tests
 //!
 //! With feature `testing`, [`testing::LocalCluster`] starts a primary and N hot-standby
@@ -381,6 +421,8 @@ pub use rustls;
 /// part of the supported API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::backend::{NodeEndpoint, ProbeSession, ProbeTarget, ReplicaSample};
+    pub use crate::connect::ConnectSettings;
     pub use crate::connection::{
         LoadFut, NodeConnection, NodeFailure, NodePool, NodePoolSettings, OnConnect, RowStream,
         SqlText, StatementFailure,

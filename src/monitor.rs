@@ -204,10 +204,12 @@ impl MonitorConfig {
 pub struct ReplicaStatus {
     /// The replica's name as configured (`replicaN (host:port)`, never a password).
     pub name: String,
-    /// Bytes of WAL the primary has written that the replica has not yet received.
+    /// Bytes of WAL the primary has written that the replica has not yet received
+    /// (`None` on MySQL and MariaDB, which do not say).
     pub receive_lag_bytes: Option<u64>,
     /// Bytes of WAL the primary has written that the replica has not yet replayed:
-    /// the replica's reads do not see them.
+    /// the replica's reads do not see them. On MySQL and MariaDB: transactions (GTID
+    /// sequence numbers) the replica has not yet applied.
     pub replay_lag_bytes: Option<u64>,
     /// How long the replica has been missing data the primary had (zero when it has
     /// replayed everything the primary had at the last poll). Computed from LSNs, see

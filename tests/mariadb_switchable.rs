@@ -95,3 +95,134 @@ async fn reads_run_on_the_replica_and_writes_flip_to_the_primary() {
     assert_eq!(stats.switches(SwitchReason::WriteStatement), 1);
     assert_eq!(stats.causal_reads(CausalOutcome::Primary), 0);
 }
+
+diesel::table! {
+    items (id) {
+        id -> BigInt,
+        name -> Text,
+    }
+}
+
+#[derive(
+    diesel::Queryable,
+    diesel::Selectable,
+    diesel::Identifiable,
+    diesel::AsChangeset,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+)]
+#[diesel(table_name = items)]
+struct Item<'a> {
+    id: i64,
+    name: &'a str,
+}
+
+#[derive(diesel::Queryable, Debug, PartialEq)]
+struct OwnedItem {
+    id: i64,
+    name: String,
+}
+
+#[tokio::test]
+async fn save_changes_updates_on_the_primary_and_reads_the_row_back_there() {
+    use diesel::{ExpressionMethods, QueryDsl};
+    use diesel_async::SaveChangesDsl;
+    let cluster = cluster(1).await;
+    let pool = pool(&cluster).await;
+    let mut writer = pool.get_primary().await.unwrap();
+    diesel::insert_into(items::table)
+        .values((items::id.eq(7), items::name.eq("before")))
+        .execute(&mut writer)
+        .await
+        .unwrap();
+    drop(writer);
+    cluster.wait_for_replicas(WAIT).await.unwrap();
+
+    let mut conn = pool.get().await.unwrap();
+    let found: OwnedItem = items::table.find(7).first(&mut conn).await.unwrap();
+    assert_eq!(conn.target(), Target::Replica);
+    assert_eq!(found.name, "before");
+    let saved: OwnedItem = Item {
+        id: 7,
+        name: "after",
+    }
+    .save_changes(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        saved,
+        OwnedItem {
+            id: 7,
+            name: "after".into()
+        },
+        "read back after the update, on the primary"
+    );
+    assert_eq!(conn.target(), Target::Primary);
+    assert_eq!(port_of(&mut conn).await, cluster.primary_port());
+}
+
+#[tokio::test]
+async fn discovered_members_route_writes_to_the_writable_one() {
+    let cluster = cluster(1).await;
+    // Replica first: the pool must find which member is the primary.
+    let pool = SwitchablePool::<AsyncMysqlConnection>::builder()
+        .nodes([cluster.replica_urls()[0].clone(), cluster.primary_url()])
+        .build()
+        .await
+        .unwrap();
+    let mut conn = pool.get().await.unwrap();
+    assert_eq!(port_of(&mut conn).await, cluster.replica_port(0).unwrap());
+    diesel::sql_query("INSERT INTO items (name) VALUES ('discovered')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(port_of(&mut conn).await, cluster.primary_port());
+    let status = pool.replication_status();
+    assert_eq!(status.len(), 2, "{status:?}");
+}
+
+/// The session's diagnostics area, not the message text, says what an untyped
+/// error was: diesel-async keeps only the message of MySQL server errors.
+#[tokio::test]
+async fn untyped_errors_are_told_apart_by_the_sessions_own_error_code() {
+    use diesel_async::AsyncConnection;
+    use diesel_rwsplit::__private::StatementFailure;
+    use diesel_rwsplit::SwitchTarget;
+    let cluster = cluster(1).await;
+    let mut replica = AsyncMysqlConnection::establish(&cluster.replica_urls()[0])
+        .await
+        .unwrap();
+    // The app account has no READ ONLY ADMIN: the read_only replica refuses (1290).
+    let refused = diesel::sql_query("INSERT INTO items (name) VALUES ('no')")
+        .execute(&mut replica)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        <AsyncMysqlConnection as SwitchTarget>::statement_failure(&refused),
+        StatementFailure::Other,
+        "diesel-async does not type 1290: {refused:?}"
+    );
+    assert_eq!(
+        <AsyncMysqlConnection as SwitchTarget>::diagnose(&mut replica)
+            .await
+            .unwrap(),
+        StatementFailure::ReadOnlyRefused
+    );
+    let missing = diesel::sql_query("SELECT * FROM no_such_table")
+        .execute(&mut replica)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        <AsyncMysqlConnection as SwitchTarget>::statement_failure(&missing),
+        StatementFailure::Other
+    );
+    assert_eq!(
+        <AsyncMysqlConnection as SwitchTarget>::diagnose(&mut replica)
+            .await
+            .unwrap(),
+        StatementFailure::Other,
+        "1146 is the statement's own error"
+    );
+}
