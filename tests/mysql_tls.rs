@@ -152,9 +152,33 @@ async fn verified_tls_sessions_read_on_the_replica_and_write_on_the_primary() {
     assert_eq!(count.n, 1);
     assert_eq!(reader.target(), Target::Replica);
 
-    // The same server refuses a plaintext login over TCP (require_secure_transport).
-    let plain = primary_checkout_error(&cluster.primary_url(), cluster.app_password()).await;
-    assert_eq!(plain.tls_failure(), None, "{plain:?}");
+    // The same server refuses a plaintext login over TCP (require_secure_transport):
+    // the server's refusal (MariaDB 10.11: 1045, access denied), not a TLS failure.
+    let plain = mysql_async::Opts::from_url(&cluster.primary_url()).unwrap();
+    let refused = mysql_async::Conn::new(plain).await.map(drop).unwrap_err();
+    assert!(
+        matches!(&refused, mysql_async::Error::Server(e) if e.code == 1045),
+        "{refused:?}"
+    );
+    let pool = SwitchablePool::<AsyncMysqlConnection>::builder()
+        .primary(cluster.primary_url())
+        .primary_checkout_timeout(Duration::from_secs(3))
+        .build()
+        .await
+        .unwrap();
+    let error = pool.get_primary().await.map(drop).unwrap_err();
+    assert_eq!(error.tls_failure(), None, "{error:?}");
+    assert!(
+        matches!(
+            error,
+            Error::PrimaryUnavailable {
+                kind: FailureKind::Authentication,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(!format!("{error} {error:?}").contains(cluster.app_password()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -135,7 +135,8 @@ impl MariaClusterBuilder {
     }
 
     /// Require TLS for every TCP connection (`require_secure_transport = ON`;
-    /// implies [`tls`](Self::tls)): a plaintext login over TCP is refused. The
+    /// implies [`tls`](Self::tls)): a plaintext login over TCP is refused (MariaDB
+    /// 10.11 answers 1045, access denied). The
     /// harness's own root sessions use the Unix sockets, which the server counts
     /// as secure. Default: off.
     pub fn tls_only(mut self, tls_only: bool) -> Self {
