@@ -14,6 +14,7 @@ use super::binaries::{MariaPrograms, MariaSearch};
 use super::cluster::{block_in_place, blocking, prepare_dir, Secret};
 use super::node::{lock, percent_encode, startup_failed, Startup};
 use super::process::{self, RunAs, Watchdog};
+use super::tls;
 use crate::{BoxError, ClusterStep, Error, Result};
 
 /// How many times a server is re-spawned on another port when its port was taken.
@@ -60,6 +61,8 @@ pub struct MariaClusterBuilder {
     dir: Option<PathBuf>,
     timeout: Duration,
     settings: Vec<(String, String)>,
+    tls: bool,
+    tls_only: bool,
 }
 
 impl Default for MariaClusterBuilder {
@@ -70,6 +73,8 @@ impl Default for MariaClusterBuilder {
             dir: None,
             timeout: Duration::from_secs(60),
             settings: Vec::new(),
+            tls: false,
+            tls_only: false,
         }
     }
 }
@@ -113,6 +118,54 @@ impl MariaClusterBuilder {
         self
     }
 
+    /// Serve TLS: a CA made for this cluster (`ca.crt` in the cluster directory, see
+    /// [`MariaCluster::ca_cert_path`]) and a server certificate it signed, for
+    /// `127.0.0.1` (IP) and `localhost` (DNS), on every node (`ssl_cert`, `ssl_key`,
+    /// `ssl_ca`); the replicas replicate over TLS too (`MASTER_SSL`, the server
+    /// verified against that CA). Plaintext connections stay allowed (see
+    /// [`tls_only`](Self::tls_only)). Default: off.
+    ///
+    /// A client trusts the cluster with the CA file, e.g. through this crate's
+    /// `mysql://` URL parameters:
+    /// `format!("{}?require_ssl=true&ssl_ca={}", cluster.primary_url(), ca.display())`
+    /// (percent-encode the path if it has `&`, `#`, `%` or `+`).
+    pub fn tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Require TLS for every TCP connection (`require_secure_transport = ON`;
+    /// implies [`tls`](Self::tls)): a plaintext login over TCP is refused (MariaDB
+    /// 10.11 answers 1045, access denied). The
+    /// harness's own root sessions use the Unix sockets, which the server counts
+    /// as secure. Default: off.
+    pub fn tls_only(mut self, tls_only: bool) -> Self {
+        self.tls_only = tls_only;
+        self
+    }
+
+    fn tls_on(&self) -> bool {
+        self.tls || self.tls_only
+    }
+
+    /// The harness's own settings of TLS, before the user's (which win).
+    fn tls_settings(&self, dir: &Path) -> Vec<(String, String)> {
+        let mut settings = Vec::new();
+        if self.tls_on() {
+            for (name, file) in [
+                ("ssl_cert", tls::SERVER_CERT),
+                ("ssl_key", tls::SERVER_KEY),
+                ("ssl_ca", tls::CA_CERT),
+            ] {
+                settings.push((name.to_owned(), dir.join(file).display().to_string()));
+            }
+        }
+        if self.tls_only {
+            settings.push(("require_secure_transport".to_owned(), "ON".to_owned()));
+        }
+        settings
+    }
+
     /// Build and start the cluster. Returns once every replica's
     /// `Slave_IO_Running` and `Slave_SQL_Running` are `Yes` and it has applied
     /// everything the primary has written.
@@ -149,6 +202,7 @@ impl MariaClusterBuilder {
         let replicas = (1..=self.replicas)
             .map(|n| MariaNode::new(&dir, &format!("replica{n}"), n as u32 + 1))
             .collect();
+        let ca_cert = self.tls_on().then(|| dir.join(tls::CA_CERT));
         // From here on, dropping `cluster` stops what runs and removes the directory.
         let cluster = MariaCluster {
             primary: MariaNode::new(&dir, "primary", 1),
@@ -161,8 +215,15 @@ impl MariaClusterBuilder {
             app_password: Secret(random_password()),
             repl_password: Secret(random_password()),
             installing: Mutex::new(None),
+            ca_cert,
         };
-        cluster.install(&self.settings).await?;
+        if self.tls_on() {
+            tls::write_server_files_named(&cluster.dir, run_as, "diesel-rwsplit MariaCluster CA")
+                .map_err(|e| cluster_err(ClusterStep::Tls)(e.into()))?;
+        }
+        let mut settings = self.tls_settings(&cluster.dir);
+        settings.extend(self.settings.iter().cloned());
+        cluster.install(&settings).await?;
         cluster.start_node(&cluster.primary, true).await?;
         for index in 0..cluster.replicas.len() {
             let node = &cluster.replicas[index];
@@ -264,6 +325,8 @@ pub struct MariaCluster {
     /// and the `mariadbd --bootstrap` it runs, or a `cp`): a start-up cancelled
     /// meanwhile kills it before removing the directory it writes in.
     installing: Mutex<Option<u32>>,
+    /// The cluster CA's certificate, with TLS on.
+    ca_cert: Option<PathBuf>,
 }
 
 impl fmt::Debug for MariaCluster {
@@ -274,6 +337,7 @@ impl fmt::Debug for MariaCluster {
             .field("primary_port", &self.primary.port())
             .field("replica_ports", &ports)
             .field("app_password", &self.app_password)
+            .field("ca_cert", &self.ca_cert)
             .field("mariadbd", &self.programs.mariadbd)
             .finish()
     }
@@ -308,6 +372,14 @@ impl MariaCluster {
     /// One replica's URL for the application account.
     pub fn replica_url(&self, index: usize) -> Result<String> {
         Ok(self.replica(index)?.app_url(&self.app_password.0))
+    }
+
+    /// The certificate (PEM) of the CA made for this cluster, which signed the
+    /// servers' certificate: `DIR/ca.crt`. `None` without
+    /// [`tls`](MariaClusterBuilder::tls). A client that trusts it verifies the
+    /// servers by `127.0.0.1` or `localhost`.
+    pub fn ca_cert_path(&self) -> Option<&Path> {
+        self.ca_cert.as_deref()
     }
 
     /// The application account's name: `app`.
@@ -710,13 +782,19 @@ impl MariaCluster {
     /// Point a replica at the primary and start replicating from the beginning
     /// of the primary's binary log (its `gtid_slave_pos` is empty).
     async fn configure_replication(&self, node: &MariaNode) -> Result<()> {
-        let sql = format!(
+        let mut sql = format!(
             "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, \
              MASTER_USER = '{REPL_USER}', MASTER_PASSWORD = {}, \
              MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1",
             self.primary.port(),
             quote(&self.repl_password.0)
         );
+        if let Some(ca) = &self.ca_cert {
+            sql.push_str(&format!(
+                ", MASTER_SSL = 1, MASTER_SSL_CA = {}, MASTER_SSL_VERIFY_SERVER_CERT = 1",
+                quote(&ca.display().to_string())
+            ));
+        }
         let run = async {
             node.exec(&sql).await?;
             node.exec("START SLAVE").await

@@ -130,7 +130,16 @@ pub(super) fn write_file(path: &Path, contents: &str, mode: u32, owner: Owner) -
 /// servers' `server.crt` / `server.key` (owned by the server's OS user, key mode
 /// 0600, as PostgreSQL demands). Returns the CA, for client certificates.
 pub(super) fn write_server_files(dir: &Path, run_as: RunAs) -> io::Result<ClusterCa> {
-    let ca = ClusterCa::new("diesel-rwsplit LocalCluster CA").map_err(io::Error::other)?;
+    write_server_files_named(dir, run_as, "diesel-rwsplit LocalCluster CA")
+}
+
+/// [`write_server_files`] with the CA named `ca_name` (its common name).
+pub(super) fn write_server_files_named(
+    dir: &Path,
+    run_as: RunAs,
+    ca_name: &str,
+) -> io::Result<ClusterCa> {
+    let ca = ClusterCa::new(ca_name).map_err(io::Error::other)?;
     let (cert, key) = ca.server_cert().map_err(io::Error::other)?;
     write_file(
         &dir.join(CA_CERT),
