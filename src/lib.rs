@@ -360,6 +360,12 @@
 //!   [`CausalToken`]s carry the GTID position (`rw1m.0-1-42`) and
 //!   [`SwitchablePool::get_after`] checks it on a replica with one server-side wait
 //!   (`MASTER_GTID_WAIT`; MySQL `WAIT_FOR_EXECUTED_GTID_SET`).
+//! * **TLS** (feature `tls`): mysql_async's URL parameters `require_ssl`,
+//!   `verify_ca`, `verify_identity`, `built_in_roots`, plus this crate's
+//!   `ssl_ca=PATH` (a PEM file of trusted roots), e.g.
+//!   `mysql://app:secret@db/app?require_ssl=true&built_in_roots=false&ssl_ca=%2Fetc%2Fssl%2Fca.pem`;
+//!   failures are typed ([`Error::tls_failure`]) as on PostgreSQL. A session over
+//!   a Unix socket is never encrypted.
 //! * **Statement timeouts**: `max_statement_time` on MariaDB (every statement),
 //!   `max_execution_time` on MySQL (read-only `SELECT`s only).
 //! * **Rows of re-runnable reads**: diesel-async's MySQL row stream borrows its

@@ -19,6 +19,8 @@ use crate::BoxError;
 
 pub use pg::cancel_query;
 pub(crate) use pg::{cancel, pg_connect_failure, PgEndpoint};
+#[cfg(all(feature = "tls", feature = "mysql"))]
+pub(crate) use tls::rustls_failure;
 #[cfg(test)]
 pub(crate) use pg::{KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_RETRIES};
 
@@ -31,7 +33,8 @@ pub enum TlsFailure {
     /// The connection string requires TLS (`sslmode=require` or stricter) and the
     /// server does not offer it (`ssl = off`).
     ServerWithoutTls,
-    /// The server's certificate does not chain to a trusted root (`sslrootcert`).
+    /// The server's certificate does not chain to a trusted root (`sslrootcert`;
+    /// MySQL URLs: `ssl_ca`, or the built-in roots).
     CertificateNotTrusted,
     /// The server's certificate is trusted but does not name the host that was
     /// connected to (`sslmode=verify-full`).
@@ -53,7 +56,7 @@ impl fmt::Display for TlsFailure {
         f.write_str(match self {
             TlsFailure::ServerWithoutTls => "the server does not support TLS",
             TlsFailure::CertificateNotTrusted => {
-                "the server's certificate is not trusted (no chain to a root in sslrootcert)"
+                "the server's certificate is not trusted (no chain to a trusted root: sslrootcert, or ssl_ca for MySQL)"
             }
             TlsFailure::NameMismatch => {
                 "the server's certificate does not name the host connected to"

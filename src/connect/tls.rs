@@ -344,7 +344,8 @@ pub(crate) fn tls_failure(
     (tls_required && !handshake_started && !saw_io).then_some(TlsFailure::ServerWithoutTls)
 }
 
-fn rustls_failure(error: &rustls::Error) -> TlsFailure {
+/// rustls' error in TLS terms (shared by the PostgreSQL and MySQL sessions).
+pub(crate) fn rustls_failure(error: &rustls::Error) -> TlsFailure {
     use CertificateError as C;
     match error {
         rustls::Error::InvalidCertificate(

@@ -53,19 +53,21 @@ impl<C: SwitchTarget> SwitchablePool<C> {
     /// primary's position after some unit of work wrote), so that it reads that
     /// write without pinning the primary.
     ///
-    /// In order: a replica the lag monitor already saw past the token; else one
-    /// replica (the one the monitor saw furthest ahead, among those in rotation) is
-    /// checked out and asked for its replay position, again after 1, 2, 4, ...
-    /// ms (at most 50 ms apart) until the position passes the token or
+    /// In order: a replica the lag monitor already saw past the token (PostgreSQL
+    /// tokens: one number says it); else one replica (the one the monitor saw
+    /// furthest ahead, among those in rotation) is checked out and asked until
     /// [`causal_wait`](crate::SwitchablePoolBuilder::causal_wait) has passed; else
-    /// the primary. So it costs one replica connection and a bounded number of
-    /// queries (about `log2(causal_wait / 1 ms) + causal_wait / 50 ms`)
-    /// whatever the number of replicas. Each outcome is counted
-    /// ([`StatsSnapshot::causal_reads`](crate::StatsSnapshot::causal_reads)).
+    /// the primary. PostgreSQL has no server-side wait: the replica's replay position
+    /// is read again after 1, 2, 4, ... ms (at most 50 ms apart), about
+    /// `log2(causal_wait / 1 ms) + causal_wait / 50 ms` queries. MySQL and MariaDB
+    /// wait in one statement (`MASTER_GTID_WAIT`, `WAIT_FOR_EXECUTED_GTID_SET`). So
+    /// it costs one replica connection whatever the number of replicas. Each outcome
+    /// is counted ([`StatsSnapshot::causal_reads`](crate::StatsSnapshot::causal_reads)).
     ///
     /// The whole wait, checkouts included, is bounded by `causal_wait` (then the
-    /// primary's own checkout). In `Observe` mode it is the primary at once, as for
-    /// every connection.
+    /// primary's own checkout), plus at most 50 ms for a replica that does not
+    /// answer its check, whose session is then discarded. In `Observe` mode it is
+    /// the primary at once, as for every connection.
     ///
     /// Cancellation: a connection checked out while waiting goes back to its pool.
     pub async fn get_after(&self, token: &CausalToken) -> Result<PooledConnection<C>, Error> {
@@ -160,8 +162,9 @@ impl<C: SwitchTarget> SwitchablePool<C> {
         Ok(conn)
     }
 
-    /// Wait until every replica in rotation has replayed up to the primary's WAL
-    /// position at the time of the call; `false` if `timeout` passes first. Checks
+    /// Wait until every replica in rotation has applied everything the primary had at
+    /// the time of the call (its WAL position, or its GTID position on MySQL and
+    /// MariaDB); `false` if `timeout` passes first. Checks
     /// the replicas directly (one connection each); opens a primary connection to
     /// read its position.
     pub async fn wait_for_replication(&self, timeout: Duration) -> bool {

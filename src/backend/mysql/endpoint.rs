@@ -463,41 +463,14 @@ fn tls_failure(error: &mysql_async::Error) -> Option<crate::TlsFailure> {
         mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer) => {
             Some(crate::TlsFailure::ServerWithoutTls)
         }
-        mysql_async::Error::Io(IoError::Tls(TlsError::Tls(error))) => Some(rustls_failure(error)),
+        mysql_async::Error::Io(IoError::Tls(TlsError::Tls(error))) => Some(crate::connect::rustls_failure(error)),
         mysql_async::Error::Io(IoError::Tls(_)) => Some(crate::TlsFailure::Handshake),
         // tokio-rustls reports a failed handshake as an I/O error around rustls' own.
         mysql_async::Error::Io(IoError::Io(io)) => io
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            .map(rustls_failure),
+            .map(crate::connect::rustls_failure),
         _ => None,
-    }
-}
-
-/// rustls' error in TLS terms (as PostgreSQL's sessions decide it).
-#[cfg(feature = "tls")]
-fn rustls_failure(error: &rustls::Error) -> crate::TlsFailure {
-    use crate::TlsFailure;
-    use rustls::{AlertDescription as A, CertificateError as C};
-    match error {
-        rustls::Error::InvalidCertificate(
-            C::NotValidForName | C::NotValidForNameContext { .. },
-        ) => TlsFailure::NameMismatch,
-        rustls::Error::InvalidCertificate(
-            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },
-        ) => TlsFailure::CertificateExpired,
-        rustls::Error::InvalidCertificate(_) => TlsFailure::CertificateNotTrusted,
-        rustls::Error::AlertReceived(
-            A::BadCertificate
-            | A::UnsupportedCertificate
-            | A::CertificateRevoked
-            | A::CertificateExpired
-            | A::CertificateUnknown
-            | A::UnknownCA
-            | A::CertificateRequired
-            | A::AccessDenied,
-        ) => TlsFailure::ClientCertificateRefused,
-        _ => TlsFailure::Handshake,
     }
 }
 
