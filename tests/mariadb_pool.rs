@@ -1,0 +1,278 @@
+//! `SwitchablePool<AsyncMysqlConnection>` on MariaDB: balancing, ejection and
+//! re-admission, read retry, a frozen replica, fallback to the primary, replica
+//! statement timeouts. Where each read ran is checked with `@@port` and the nodes'
+//! own general query logs.
+
+mod maria;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use diesel_async::RunQueryDsl;
+use diesel_rwsplit::{Balance, Error, Target};
+use maria::{builder, calls_per_node, connect, port_of, setup, start, until, Count, Pool, WAIT};
+use mysql_async::prelude::Queryable;
+
+async fn reads_per_port(pool: &Pool, n: usize) -> HashMap<u16, usize> {
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        let mut conn = pool.get().await.unwrap();
+        *seen.entry(port_of(&mut conn).await).or_default() += 1;
+        assert_eq!(conn.target(), Target::Replica);
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_alternates_and_least_outstanding_picks_the_idler_replica() {
+    let cluster = start(2).await;
+    setup(&cluster, "CREATE TABLE pool_rr (id INT)").await;
+    let ports = [
+        cluster.replica_port(0).unwrap(),
+        cluster.replica_port(1).unwrap(),
+    ];
+
+    let pool = builder(&cluster).build().await.unwrap();
+    for _ in 0..20 {
+        let mut conn = pool.get().await.unwrap();
+        diesel::sql_query("SELECT COUNT(*) AS n FROM pool_rr")
+            .get_result::<Count>(&mut conn)
+            .await
+            .unwrap();
+    }
+    // Each node's own log: 10 reads on each replica, none on the primary.
+    assert_eq!(
+        calls_per_node(&cluster, "SELECT", "pool_rr").await,
+        [0, 10, 10]
+    );
+    let seen = reads_per_port(&pool, 20).await;
+    assert_eq!(seen.get(&ports[0]), Some(&10), "{seen:?}");
+    assert_eq!(seen.get(&ports[1]), Some(&10), "{seen:?}");
+
+    let pool = builder(&cluster)
+        .balance(Balance::LeastOutstanding)
+        .build()
+        .await
+        .unwrap();
+    let mut held = pool.get().await.unwrap();
+    let busy = port_of(&mut held).await;
+    for _ in 0..5 {
+        let mut conn = pool.get().await.unwrap();
+        assert_ne!(
+            port_of(&mut conn).await,
+            busy,
+            "picked the replica with a checkout"
+        );
+    }
+    drop(held);
+    let pool = builder(&cluster)
+        .balance(Balance::Weighted(vec![0, 1]))
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(reads_per_port(&pool, 10).await.get(&ports[1]), Some(&10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_replica_is_ejected_and_readmitted_after_it_starts() {
+    let cluster = start(2).await;
+    let pool = builder(&cluster).build().await.unwrap();
+    let (victim, other) = (
+        cluster.replica_port(0).unwrap(),
+        cluster.replica_port(1).unwrap(),
+    );
+    until("both replicas measured", || {
+        pool.replication_status().iter().all(|s| s.healthy)
+    })
+    .await;
+    reads_per_port(&pool, 4).await; // idle pooled sessions on both
+    cluster.stop_replica(0).await.unwrap();
+    for _ in 0..6 {
+        let mut conn = pool.get().await.unwrap();
+        assert_eq!(
+            port_of(&mut conn).await,
+            other,
+            "reads go to the replica that is up"
+        );
+    }
+    until("the stopped replica is ejected", || {
+        pool.replica_admitted() == [false, true]
+    })
+    .await;
+    assert!(pool.stats().ejections().0 >= 1);
+    assert_eq!(pool.stats().replica_fallbacks(), 0);
+
+    cluster.start_replica(0).await.unwrap();
+    until("re-admitted and seen healthy", || {
+        pool.replica_admitted() == [true, true] && pool.replication_status()[0].healthy
+    })
+    .await;
+    assert!(pool.stats().ejections().1 >= 1);
+    let seen = reads_per_port(&pool, 6).await;
+    assert!(
+        seen.contains_key(&victim),
+        "the re-admitted replica serves no reads: {seen:?}"
+    );
+}
+
+/// Ids of the sessions on the node at `admin_url` running a statement mentioning `needle`.
+async fn running(admin_url: &str, needle: &str) -> Vec<u64> {
+    let mut conn = connect(admin_url).await;
+    let ids: Vec<u64> = conn
+        .exec(
+            "SELECT ID FROM information_schema.PROCESSLIST \
+             WHERE COMMAND IN ('Query', 'Execute') AND INFO LIKE CONCAT('%', ?, '%') \
+             AND ID <> CONNECTION_ID()",
+            (needle,),
+        )
+        .await
+        .unwrap();
+    conn.disconnect().await.unwrap();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_in_flight_on_a_replica_that_stops_runs_again_elsewhere() {
+    let cluster = start(2).await;
+    setup(
+        &cluster,
+        "CREATE TABLE pool_retry (id INT); INSERT INTO pool_retry VALUES (1), (2), (3)",
+    )
+    .await;
+    let pool = builder(&cluster).build().await.unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let victim = port_of(&mut conn).await;
+    let victim_index = (0..2)
+        .find(|i| cluster.replica_port(*i).unwrap() == victim)
+        .unwrap();
+    // Sleeps 30 s on the victim only: it can only end early by the stop.
+    let sql = format!(
+        "SELECT COUNT(*) AS n FROM pool_retry WHERE SLEEP(IF(@@port = {victim}, 30, 0)) = 0"
+    );
+    let read = tokio::spawn(async move {
+        let result = diesel::sql_query(sql).get_result::<Count>(&mut conn).await;
+        let port = port_of(&mut conn).await;
+        (result, port)
+    });
+    let victim_admin = cluster.replica_admin_url(victim_index).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while running(&victim_admin, "FROM pool_retry WHERE SLEEP")
+        .await
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the read never ran on the victim"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cluster.stop_replica(victim_index).await.unwrap();
+    let (result, port) = tokio::time::timeout(WAIT, read).await.unwrap().unwrap();
+    assert_eq!(result.unwrap().n, 3, "the read succeeds");
+    let survivor = cluster.replica_port(1 - victim_index).unwrap();
+    assert_eq!(port, survivor, "served elsewhere");
+    let stats = pool.stats();
+    assert_eq!(stats.read_retries(), 1);
+    assert_eq!(stats.total_switches(), 0, "a retried read is not a flip");
+    // The nodes' own logs (the victim is down): the survivor received it once, the
+    // primary never.
+    let on_primary = maria::calls_on(&cluster.primary_admin_url(), "SELECT", "pool_retry").await;
+    let survivor_admin = cluster.replica_admin_url(1 - victim_index).unwrap();
+    let on_survivor = maria::calls_on(&survivor_admin, "SELECT", "pool_retry").await;
+    assert_eq!((on_primary, on_survivor), (0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_replica_does_not_hold_reads_past_the_bound() {
+    let cluster = start(2).await;
+    let pool = builder(&cluster)
+        .replica_statement_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    reads_per_port(&pool, 4).await; // idle pooled sessions on both
+    let frozen = cluster.replica_port(0).unwrap();
+    cluster.freeze_replica(0).await.unwrap();
+    for _ in 0..6 {
+        let port = tokio::time::timeout(WAIT, async {
+            let mut conn = pool.get().await.unwrap();
+            port_of(&mut conn).await
+        })
+        .await
+        .expect("a read hung on the frozen replica");
+        assert_eq!(port, cluster.replica_port(1).unwrap());
+    }
+    until("the frozen replica is out of rotation", || {
+        !pool.replica_admitted()[0]
+    })
+    .await;
+    cluster.thaw_replica(0).await.unwrap();
+    until("the thawed replica is back", || pool.replica_admitted()[0]).await;
+    let seen = reads_per_port(&pool, 6).await;
+    assert!(seen.contains_key(&frozen), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_replica_down_reads_go_to_the_primary_or_fail_typed() {
+    let cluster = start(2).await;
+    let pool = builder(&cluster).build().await.unwrap();
+    let strict = builder(&cluster)
+        .fallback_to_primary(false)
+        .build()
+        .await
+        .unwrap();
+    cluster.stop_replica(0).await.unwrap();
+    cluster.stop_replica(1).await.unwrap();
+    for _ in 0..3 {
+        let mut conn = pool.get().await.unwrap();
+        assert_eq!(conn.target(), Target::Primary);
+        assert_eq!(port_of(&mut conn).await, cluster.primary_port());
+    }
+    assert_eq!(pool.stats().replica_fallbacks(), 3);
+    assert_eq!(pool.stats().total_switches(), 0, "a fallback is not a flip");
+    let err = strict.get().await.unwrap_err();
+    assert!(
+        matches!(err, Error::NoReplicaAvailable { replicas: 2 }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_statement_timeout_stops_a_long_read_on_the_replica_only() {
+    let cluster = start(1).await;
+    let pool = builder(&cluster)
+        .replica_statement_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    let mut conn = pool.get().await.unwrap();
+    assert_eq!(port_of(&mut conn).await, cluster.replica_port(0).unwrap());
+    let err =
+        diesel::sql_query("SELECT CAST(SLEEP(5) AS SIGNED) AS n FROM (SELECT 1) AS pool_timeout")
+            .load::<Count>(&mut conn)
+            .await
+            .unwrap_err();
+    assert!(err.to_string().contains("max_statement_time"), "{err:?}");
+    assert_eq!(conn.target(), Target::Replica);
+    drop(conn);
+    let stats = pool.stats();
+    assert_eq!(stats.read_retries(), 0, "a timed-out read is not retried");
+    // The nodes' own logs: it ran on the replica once, never on the primary.
+    assert_eq!(
+        calls_per_node(&cluster, "SELECT", "pool_timeout").await,
+        [0, 1]
+    );
+    assert!(
+        pool.replica_admitted()[0],
+        "a statement timeout is not the replica's failure"
+    );
+    // Primary sessions have no such limit.
+    let mut primary = pool.get_primary().await.unwrap();
+    let rows: Vec<Count> =
+        diesel::sql_query("SELECT CAST(SLEEP(1.5) AS SIGNED) AS n FROM (SELECT 1) AS pool_untimed")
+            .load(&mut primary)
+            .await
+            .unwrap();
+    assert_eq!(rows, [Count { n: 0 }], "SLEEP ran to its end");
+    assert_eq!(port_of(&mut primary).await, cluster.primary_port());
+}
