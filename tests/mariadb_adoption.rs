@@ -325,3 +325,58 @@ async fn prometheus_text_carries_the_lag_gauges_per_replica() {
         );
     }
 }
+
+#[cfg(feature = "deadpool")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadpool_pool_hands_out_replica_first_connections_reset_on_return() {
+    use diesel_rwsplit::{SwitchableDeadpool, SwitchableDeadpoolManager};
+    let cluster = start(1).await;
+    setup(
+        &cluster,
+        "CREATE TABLE dp_items (id INT AUTO_INCREMENT PRIMARY KEY)",
+    )
+    .await;
+    let inner = builder(&cluster).build().await.unwrap();
+    let pool: SwitchableDeadpool<AsyncMysqlConnection> =
+        SwitchableDeadpool::builder(SwitchableDeadpoolManager::from_pool(inner.clone()))
+            .max_size(1)
+            .build()
+            .unwrap();
+    let debug = format!("{:?}", pool.manager());
+    assert!(!debug.contains("mysql://"), "no URL in Debug: {debug}");
+    let (primary, replica) = (
+        i64::from(cluster.primary_port()),
+        i64::from(cluster.replica_port(0).unwrap()),
+    );
+    let mut replica_sessions = Vec::new();
+    for round in 0..3 {
+        let mut conn = pool.get().await.unwrap();
+        assert_eq!(conn.target(), Target::Replica, "round {round}");
+        assert_eq!(conn.switch_reason(), None, "reset on return");
+        let on_replica = session(&mut conn).await;
+        assert_eq!(on_replica.1, replica);
+        replica_sessions.push(on_replica.0);
+        diesel::sql_query("INSERT INTO dp_items VALUES ()")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(conn.switch_reason(), Some(SwitchReason::WriteStatement));
+        assert_eq!(session(&mut conn).await.1, primary);
+    }
+    replica_sessions.dedup();
+    assert_eq!(
+        replica_sessions.len(),
+        1,
+        "one pooled item, one replica session"
+    );
+    assert_eq!(inner.stats().switches(SwitchReason::WriteStatement), 3);
+    assert_eq!(calls_per_node(&cluster, "INSERT", "dp_items").await, [3, 0]);
+    assert_eq!(
+        maria::scalar(
+            &cluster.primary_admin_url(),
+            "SELECT COUNT(*) FROM dp_items"
+        )
+        .await,
+        3
+    );
+}

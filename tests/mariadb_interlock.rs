@@ -34,6 +34,12 @@ async fn run(conn: &mut Pooled, via: Via, sql: &str) -> diesel::QueryResult<()> 
     }
 }
 
+/// `BEGIN`s and `COMMIT`s the application account sends the primary in the flip
+/// test: the raw `BEGIN` and `transaction()`'s; the three `COMMIT`s after raw
+/// transaction starts and `transaction()`'s.
+const BEGINS: i64 = 2;
+const COMMITS: i64 = 3;
+
 const SCHEMA: &str = "\
     CREATE TABLE il_rows (id BIGINT PRIMARY KEY, note VARCHAR(20) NOT NULL); \
     INSERT INTO il_rows VALUES (100, 'seed'), (200, 'seed'); \
@@ -218,6 +224,9 @@ async fn every_primary_only_statement_flips_a_replica_connection_and_stays_there
         ("SELECT", "LAST_INSERT_ID", 2),
         ("SELECT", "il_seq", 1),
         ("LOAD", "il_rows", 1),
+        ("START TRANSACTION", "", 1),
+        ("BEGIN", "", BEGINS),
+        ("COMMIT", "", COMMITS),
     ] {
         let calls = calls_per_node(&cluster, verb, needle).await;
         assert_eq!(calls, [on_primary, 0], "{verb} .. {needle}");
@@ -652,4 +661,82 @@ fn refused(
         .filter(|line| line.contains("app[app]") && line.contains(needle))
         .map(str::to_owned)
         .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_are_exact_under_concurrency() {
+    let cluster = start(2).await;
+    setup(
+        &cluster,
+        "CREATE TABLE il_concurrent (id BIGINT AUTO_INCREMENT PRIMARY KEY, worker INT NOT NULL)",
+    )
+    .await;
+    let pool = builder(&cluster).replica_max_size(8).build().await.unwrap();
+    let (workers, units) = (8, 9);
+    let mut tasks = Vec::new();
+    for worker in 0..workers {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            for unit in 0..units {
+                let mut conn = pool.get().await.unwrap();
+                diesel::sql_query("SELECT COUNT(*) AS n FROM il_concurrent")
+                    .get_result::<Count>(&mut conn)
+                    .await
+                    .unwrap();
+                match unit % 3 {
+                    0 => {
+                        diesel::sql_query("INSERT INTO il_concurrent (worker) VALUES (?)")
+                            .bind::<diesel::sql_types::Integer, _>(worker)
+                            .execute(&mut conn)
+                            .await
+                            .unwrap();
+                    }
+                    1 => conn
+                        .transaction::<_, diesel::result::Error, _>(async |c| {
+                            diesel::sql_query("SELECT 1 AS il_in_txn")
+                                .execute(c)
+                                .await
+                                .map(|_| ())
+                        })
+                        .await
+                        .unwrap(),
+                    _ => {}
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let per_kind = |kind: i32| (0..units).filter(|u| u % 3 == kind).count() as u64;
+    let (writes, txns) = (workers as u64 * per_kind(0), workers as u64 * per_kind(1));
+    let stats = pool.stats();
+    assert_eq!(stats.switches(SwitchReason::WriteStatement), writes);
+    assert_eq!(stats.switches(SwitchReason::TransactionBegin), txns);
+    assert_eq!(stats.total_switches(), writes + txns);
+    assert_eq!(stats.statements(Target::Replica), (workers * units) as u64);
+    // The nodes' own logs agree.
+    let reads = calls_per_node(&cluster, "SELECT COUNT", "il_concurrent").await;
+    assert_eq!(reads[0], 0, "{reads:?}");
+    assert_eq!(
+        (reads[1] + reads[2]) as u64,
+        (workers * units) as u64,
+        "{reads:?}"
+    );
+    assert_eq!(
+        calls_per_node(&cluster, "INSERT", "il_concurrent").await,
+        [writes as i64, 0, 0]
+    );
+    assert_eq!(
+        calls_per_node(&cluster, "SELECT 1", "il_in_txn").await,
+        [txns as i64, 0, 0]
+    );
+    assert_eq!(
+        scalar(
+            &cluster.primary_admin_url(),
+            "SELECT COUNT(*) FROM il_concurrent"
+        )
+        .await as u64,
+        writes
+    );
 }

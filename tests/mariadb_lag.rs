@@ -282,3 +282,109 @@ async fn a_causal_token_falls_back_to_the_primary_while_paused_and_uses_the_repl
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_of_work_reads_its_own_writes_while_replicas_lag() {
+    let cluster = start(2).await;
+    setup(
+        &cluster,
+        "CREATE TABLE lag_ryw (id BIGINT PRIMARY KEY, note TEXT NOT NULL)",
+    )
+    .await;
+    cluster.pause_replication(0).await.unwrap();
+    cluster.pause_replication(1).await.unwrap();
+    let pool = builder(&cluster).build().await.unwrap();
+    for id in 0..10i64 {
+        let mut conn = pool.get().await.unwrap();
+        diesel::sql_query("INSERT INTO lag_ryw VALUES (?, ?)")
+            .bind::<BigInt, _>(id)
+            .bind::<diesel::sql_types::Text, _>(format!("note {id}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let found: Count = diesel::sql_query("SELECT COUNT(*) AS n FROM lag_ryw WHERE id = ?")
+            .bind::<BigInt, _>(id)
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(found.n, 1, "read-your-write on the same connection");
+        assert_eq!(port_of(&mut conn).await, cluster.primary_port());
+    }
+    // A fresh connection reads a (paused) replica and cannot see them: the
+    // stickiness above is what made those reads correct.
+    let mut fresh = pool.get().await.unwrap();
+    let on_replica: Count = diesel::sql_query("SELECT COUNT(*) AS n FROM lag_ryw")
+        .get_result(&mut fresh)
+        .await
+        .unwrap();
+    assert_eq!((fresh.target(), on_replica.n), (Target::Replica, 0));
+    let port = port_of(&mut fresh).await;
+    assert!(
+        [
+            cluster.replica_port(0).unwrap(),
+            cluster.replica_port(1).unwrap()
+        ]
+        .contains(&port),
+        "{port}"
+    );
+    let primary_reads =
+        maria::calls_on(&cluster.primary_admin_url(), "SELECT COUNT", "lag_ryw").await;
+    assert_eq!(primary_reads, 10);
+    cluster.resume_replication(0).await.unwrap();
+    cluster.resume_replication(1).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_reads_from_the_primary_within_its_window_after_a_write() {
+    let cluster = start(1).await;
+    setup(&cluster, "CREATE TABLE lag_session (id INT)").await;
+    let pool = builder(&cluster)
+        .session_window(Duration::from_millis(400))
+        .build()
+        .await
+        .unwrap();
+    cluster.pause_replication(0).await.unwrap();
+    {
+        let mut conn = pool.get_for_session("user-42").await.unwrap();
+        assert_eq!(conn.target(), Target::Replica);
+        diesel::sql_query("INSERT INTO lag_session VALUES (1)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let mut same_user = pool.get_for_session("user-42").await.unwrap();
+    assert_eq!(
+        same_user.target(),
+        Target::Primary,
+        "the writer's next read sees its write"
+    );
+    assert_eq!(port_of(&mut same_user).await, cluster.primary_port());
+    let found: Count = diesel::sql_query("SELECT COUNT(*) AS n FROM lag_session")
+        .get_result(&mut same_user)
+        .await
+        .unwrap();
+    assert_eq!(found.n, 1);
+    let mut other_user = pool.get_for_session("user-7").await.unwrap();
+    assert_eq!(
+        port_of(&mut other_user).await,
+        cluster.replica_port(0).unwrap()
+    );
+    drop((same_user, other_user));
+    assert_eq!(pool.stats().session_window_reads(), 1);
+    // The window ends (polled, bounded).
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut conn = pool.get_for_session("user-42").await.unwrap();
+        if conn.target() == Target::Replica {
+            assert_eq!(port_of(&mut conn).await, cluster.replica_port(0).unwrap());
+            break;
+        }
+        drop(conn);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the window never ends"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.resume_replication(0).await.unwrap();
+}

@@ -76,15 +76,19 @@ async fn round_robin_alternates_and_least_outstanding_picks_the_idler_replica() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_replica_is_ejected_and_readmitted_after_it_starts() {
     let cluster = start(2).await;
-    let pool = builder(&cluster).build().await.unwrap();
+    // The lag monitor polls once an hour: were it to see the stopped replica first,
+    // routing would skip it without trying it, and so without ejecting it (a
+    // pooled session found dead does not eject; a refused connect does). Here the
+    // pool's own checkouts must find out.
+    let pool = builder(&cluster)
+        .monitor_interval(Duration::from_secs(3600))
+        .build()
+        .await
+        .unwrap();
     let (victim, other) = (
         cluster.replica_port(0).unwrap(),
         cluster.replica_port(1).unwrap(),
     );
-    until("both replicas measured", || {
-        pool.replication_status().iter().all(|s| s.healthy)
-    })
-    .await;
     reads_per_port(&pool, 4).await; // idle pooled sessions on both
     cluster.stop_replica(0).await.unwrap();
     for _ in 0..6 {
@@ -103,8 +107,8 @@ async fn a_stopped_replica_is_ejected_and_readmitted_after_it_starts() {
     assert_eq!(pool.stats().replica_fallbacks(), 0);
 
     cluster.start_replica(0).await.unwrap();
-    until("re-admitted and seen healthy", || {
-        pool.replica_admitted() == [true, true] && pool.replication_status()[0].healthy
+    until("re-admitted by the pool's probe", || {
+        pool.replica_admitted() == [true, true]
     })
     .await;
     assert!(pool.stats().ejections().1 >= 1);
