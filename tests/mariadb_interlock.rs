@@ -199,8 +199,21 @@ async fn every_primary_only_statement_flips_a_replica_connection_and_stays_there
     );
     drop(conn);
 
+    // LOAD DATA LOCAL likewise. The client has no local-file handler: the driver
+    // fails it and closes the session (so no @@port after it; the primary's log
+    // below shows where it went).
+    let mut conn = pool.get().await.unwrap();
+    assert_eq!(port_of(&mut conn).await, replica);
+    let load = conn
+        .batch_execute("LOAD DATA LOCAL INFILE '/nonexistent/il_local.csv' INTO TABLE il_rows")
+        .await;
+    assert!(load.is_err(), "{load:?}");
+    assert_eq!(conn.target(), Target::Primary);
+    assert_eq!(conn.switch_reason(), Some(WriteStatement));
+    drop(conn);
+
     let stats = pool.stats();
-    assert_eq!(stats.switches(WriteStatement), 5);
+    assert_eq!(stats.switches(WriteStatement), 6);
     assert_eq!(stats.switches(LockingRead), 2);
     assert_eq!(stats.switches(SessionState), 1);
     assert_eq!(stats.switches(SideEffectFunction), 3);
@@ -208,7 +221,7 @@ async fn every_primary_only_statement_flips_a_replica_connection_and_stays_there
     assert_eq!(stats.switches(SaveHook), 1);
     assert_eq!(stats.switches(DeleteHook), 1);
     assert_eq!(stats.switches(Explicit), 1);
-    assert_eq!(stats.total_switches(), 17);
+    assert_eq!(stats.total_switches(), 18);
     assert_eq!(stats.switches(ReplicaRefused), 0);
 
     // The nodes' own logs: each primary-only statement reached the primary only.
@@ -223,7 +236,8 @@ async fn every_primary_only_statement_flips_a_replica_connection_and_stays_there
         ("SELECT", "GET_LOCK", 1),
         ("SELECT", "LAST_INSERT_ID", 2),
         ("SELECT", "il_seq", 1),
-        ("LOAD", "il_rows", 1),
+        ("LOAD DATA INFILE", "il_rows", 1),
+        ("LOAD DATA LOCAL", "il_rows", 1),
         ("START TRANSACTION", "", 1),
         ("BEGIN", "", BEGINS),
         ("COMMIT", "", COMMITS),
