@@ -280,3 +280,99 @@ async fn a_replica_statement_timeout_stops_a_long_read_on_the_replica_only() {
     assert_eq!(rows, [Count { n: 0 }], "SLEEP ran to its end");
     assert_eq!(port_of(&mut primary).await, cluster.primary_port());
 }
+
+/// `(node admin URL, session id)` of every session of the application account
+/// running a statement mentioning `needle`, on every node of `cluster`.
+async fn running_anywhere(
+    cluster: &diesel_rwsplit::testing::MariaCluster,
+    needle: &str,
+) -> Vec<(String, u64)> {
+    let mut found = Vec::new();
+    for url in maria::admin_urls(cluster) {
+        for id in running(&url, needle).await {
+            found.push((url.clone(), id));
+        }
+    }
+    found
+}
+
+/// Wait until a session other than those in `seen` runs a statement mentioning
+/// `needle` somewhere in `cluster`.
+async fn wait_for_runner(
+    cluster: &diesel_rwsplit::testing::MariaCluster,
+    needle: &str,
+    seen: &[(String, u64)],
+) -> (String, u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(found) = running_anywhere(cluster, needle)
+            .await
+            .into_iter()
+            .find(|s| !seen.contains(s))
+        {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "nothing runs {needle}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn kill(admin_url: &str, id: u64) {
+    maria::exec(admin_url, &format!("KILL CONNECTION {id}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_read_runs_again_once_elsewhere_and_a_second_kill_is_returned() {
+    let cluster = start(2).await;
+    setup(
+        &cluster,
+        "CREATE TABLE pool_kill (id INT); INSERT INTO pool_kill VALUES (1)",
+    )
+    .await;
+    let pool = builder(&cluster).build().await.unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let started_on = port_of(&mut conn).await;
+
+    // Once: killed where it runs, it runs again on another node and succeeds
+    // there (it sleeps on the first node only).
+    let sql = format!(
+        "SELECT COUNT(*) AS n FROM pool_kill WHERE SLEEP(IF(@@port = {started_on}, 30, 0)) = 0"
+    );
+    let read = tokio::spawn(async move {
+        let result = diesel::sql_query(sql).get_result::<Count>(&mut conn).await;
+        (result, conn)
+    });
+    let first = wait_for_runner(&cluster, "FROM pool_kill WHERE SLEEP", &[]).await;
+    kill(&first.0, first.1).await;
+    let (result, mut conn) = tokio::time::timeout(WAIT, read).await.unwrap().unwrap();
+    assert_eq!(result.unwrap().n, 1);
+    assert_eq!(conn.target(), Target::Replica);
+    assert_ne!(port_of(&mut conn).await, started_on, "served elsewhere");
+    assert_eq!(pool.stats().read_retries(), 1);
+    assert_eq!(pool.stats().total_switches(), 0);
+
+    // Twice: the second failure is returned, and it is not run a third time.
+    let read = tokio::spawn(async move {
+        let result =
+            diesel::sql_query("SELECT COUNT(*) AS n FROM pool_kill WHERE SLEEP(30) = 0 AND id > 0")
+                .get_result::<Count>(&mut conn)
+                .await;
+        (result, conn)
+    });
+    let first = wait_for_runner(&cluster, "SLEEP(30) = 0 AND id", &[]).await;
+    kill(&first.0, first.1).await;
+    let second = wait_for_runner(&cluster, "SLEEP(30) = 0 AND id", &[first.clone()]).await;
+    assert_ne!(first.0, second.0, "the retry runs on another node");
+    kill(&second.0, second.1).await;
+    let (result, conn) = tokio::time::timeout(WAIT, read)
+        .await
+        .expect("retried a second time")
+        .unwrap();
+    let error = result.expect_err("the second failure is returned");
+    eprintln!("second failure: {error:?}");
+    assert_eq!(pool.stats().read_retries(), 2, "once per read");
+    drop(conn);
+    assert_eq!(running_anywhere(&cluster, "SLEEP(30) = 0 AND id").await, []);
+    let runs = calls_per_node(&cluster, "SELECT", "SLEEP(30) = 0 AND id").await;
+    assert_eq!(runs.iter().sum::<i64>(), 2, "two runs in all: {runs:?}");
+}
