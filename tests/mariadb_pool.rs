@@ -361,7 +361,12 @@ async fn a_killed_read_runs_again_once_elsewhere_and_a_second_kill_is_returned()
     });
     let first = wait_for_runner(&cluster, "SLEEP(30) = 0 AND id", &[]).await;
     kill(&first.0, first.1).await;
-    let second = wait_for_runner(&cluster, "SLEEP(30) = 0 AND id", &[first.clone()]).await;
+    let second = wait_for_runner(
+        &cluster,
+        "SLEEP(30) = 0 AND id",
+        std::slice::from_ref(&first),
+    )
+    .await;
     assert_ne!(first.0, second.0, "the retry runs on another node");
     kill(&second.0, second.1).await;
     let (result, conn) = tokio::time::timeout(WAIT, read)
