@@ -235,6 +235,9 @@ async fn a_promotion_is_followed_under_load() {
             MemberRole::Replica
         ]
     );
+    // A replica read sees every write once it has replayed them (the demoted
+    // primary may still be catching up on a loaded machine).
+    assert!(pool.wait_for_replication(Duration::from_secs(20)).await);
     let mut count = pool.get().await.unwrap();
     let n: Count = diesel::sql_query("SELECT count(*) AS n FROM followed")
         .get_result(&mut count)
