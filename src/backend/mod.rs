@@ -23,6 +23,7 @@ use futures_util::{FutureExt, StreamExt, TryFutureExt};
 #[cfg(feature = "mysql")]
 pub(crate) mod mysql;
 pub(crate) mod pg;
+mod replay;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,21 +2,18 @@
 //!
 //! Simpler than PostgreSQL's: MySQL's `MetadataLookup` is `()`, so binds are
 //! collected once, as diesel-async's own MySQL connection collects them, and replayed
-//! with `AstPass::push_bind_collector_data`. The original query's static query id
-//! is kept, so the inner connection finds its prepared statement by type.
-
-use std::any::Any;
-use std::marker::PhantomData;
+//! through [`RenderedRef`](crate::backend::replay::RenderedRef), keeping the original
+//! query's static query id.
 
 use diesel::mysql::{Mysql, MysqlQueryBuilder};
 use diesel::query_builder::bind_collector::RawBytesBindCollector;
-use diesel::query_builder::{AstPass, Query, QueryBuilder, QueryFragment, QueryId};
-use diesel::sql_types::Untyped;
+use diesel::query_builder::{QueryBuilder, QueryFragment, QueryId};
 use diesel::QueryResult;
 use diesel_async::{AsyncConnectionCore, AsyncMysqlConnection};
 use futures_util::future::BoxFuture;
 
 use super::MysqlRow;
+use crate::backend::replay::{sql_and_cacheability, Keyed, RenderedRef, Replay, Unkeyed};
 use crate::backend::{RowStream, SqlText};
 
 /// SQL + binds, owned and `Send + 'static`; run by reference, as often as needed.
@@ -38,44 +35,17 @@ type ExecuteFn = for<'c> fn(
     &'c RenderedMysql,
 ) -> BoxFuture<'c, QueryResult<usize>>;
 
-struct Keyed<I>(PhantomData<fn() -> I>);
-struct Unkeyed;
-
-struct RenderedRef<'a, K> {
-    rendered: &'a RenderedMysql,
-    _key: PhantomData<K>,
-}
-
-impl<K> QueryFragment<Mysql> for RenderedRef<'_, K> {
-    fn walk_ast<'b>(&'b self, mut pass: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
-        if !self.rendered.safe_to_cache {
-            pass.unsafe_to_cache_prepared();
-        }
-        pass.push_sql(&self.rendered.sql);
-        pass.push_bind_collector_data::<RawBytesBindCollector<Mysql>>(&self.rendered.binds)
+impl Replay<Mysql> for RenderedMysql {
+    fn sql(&self) -> &str {
+        &self.sql
     }
-}
 
-impl<I: Any> QueryId for RenderedRef<'_, Keyed<I>> {
-    type QueryId = I;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
+    fn safe_to_cache(&self) -> bool {
+        self.safe_to_cache
+    }
 
-impl QueryId for RenderedRef<'_, Unkeyed> {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl<K> Query for RenderedRef<'_, K> {
-    type SqlType = Untyped;
-}
-
-impl RenderedMysql {
-    fn view<K>(&self) -> RenderedRef<'_, K> {
-        RenderedRef {
-            rendered: self,
-            _key: PhantomData,
-        }
+    fn binds(&self) -> &RawBytesBindCollector<Mysql> {
+        &self.binds
     }
 }
 
@@ -89,11 +59,11 @@ fn load_as<'c, K: 'static>(
     rendered: &'c RenderedMysql,
 ) -> BoxFuture<'c, QueryResult<RowStream<'static, MysqlRow>>>
 where
-    for<'a> RenderedRef<'a, K>: QueryId,
+    for<'a> RenderedRef<'a, RenderedMysql, K>: QueryId,
 {
     use futures_util::{FutureExt, StreamExt};
     async move {
-        let rows = AsyncConnectionCore::load(conn, rendered.view::<K>()).await?;
+        let rows = AsyncConnectionCore::load(conn, RenderedRef::<_, K>::new(rendered)).await?;
         let rows: Vec<QueryResult<MysqlRow>> = rows.collect().await;
         Ok(futures_util::stream::iter(rows).boxed())
     }
@@ -105,9 +75,9 @@ fn execute_as<'c, K>(
     rendered: &'c RenderedMysql,
 ) -> BoxFuture<'c, QueryResult<usize>>
 where
-    for<'a> RenderedRef<'a, K>: QueryId,
+    for<'a> RenderedRef<'a, RenderedMysql, K>: QueryId,
 {
-    AsyncConnectionCore::execute_returning_count(conn, rendered.view::<K>())
+    AsyncConnectionCore::execute_returning_count(conn, RenderedRef::<_, K>::new(rendered))
 }
 
 pub(crate) fn render_sql<Q: QueryFragment<Mysql> + ?Sized>(query: &Q) -> QueryResult<String> {
@@ -122,14 +92,7 @@ pub(crate) fn render<Q>(query: &Q, sql: Option<SqlText>) -> QueryResult<Rendered
 where
     Q: QueryFragment<Mysql> + QueryId + ?Sized,
 {
-    let (sql, safe_to_cache) = match sql {
-        Some(sql @ SqlText::Shared(_)) => (sql, true),
-        Some(sql) => (sql, query.is_safe_to_cache_prepared(&Mysql)?),
-        None => (
-            SqlText::Owned(render_sql(query)?),
-            query.is_safe_to_cache_prepared(&Mysql)?,
-        ),
-    };
+    let (sql, safe_to_cache) = sql_and_cacheability(query, sql, render_sql::<Q>)?;
     let (load, execute): (LoadFn, ExecuteFn) = if Q::HAS_STATIC_QUERY_ID {
         (
             load_as::<Keyed<Q::QueryId>>,

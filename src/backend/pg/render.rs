@@ -4,12 +4,8 @@
 //! `Send` (and borrows `'query`). When the primary must be fetched first (an `.await` on a
 //! pool), or a replica read must be kept so that it can run a second time elsewhere, the
 //! returned `Send` future cannot hold `T`. So we render `T` synchronously into owned data
-//! and run that (by reference, as often as needed) through [`RenderedRef`], whose
-//! `walk_ast` pushes the SQL verbatim and re-appends the collected binds
-//! (`AstPass::push_bind_collector_data`), like diesel's `CollectedQuery`. Unlike
-//! `CollectedQuery`, it keeps the original query's static query id, so the inner
-//! connection finds its prepared statement by type, as it does for the original query,
-//! instead of building and hashing a SQL-text key.
+//! and run that (by reference, as often as needed) through
+//! [`RenderedRef`](crate::backend::replay::RenderedRef).
 //!
 //! PostgreSQL wrinkle: binds of user-defined types (`#[diesel(postgres_type(name = ..))]`)
 //! need their OIDs from the server (`PgMetadataLookup::lookup_type`), which is async, and
@@ -20,21 +16,19 @@
 //! Resolved OIDs go to a router-wide cache (identical on primary and physical replicas),
 //! so only the first such statement per type pays a lookup.
 
-use std::any::Any;
 use std::collections::{HashMap, HashSet};
-use std::marker::PhantomData;
 use std::sync::{Arc, RwLock};
 
 use diesel::pg::{Pg, PgMetadataLookup, PgQueryBuilder, PgTypeMetadata};
 use diesel::query_builder::bind_collector::RawBytesBindCollector;
-use diesel::query_builder::{AstPass, Query, QueryBuilder, QueryFragment, QueryId};
+use diesel::query_builder::{QueryBuilder, QueryFragment, QueryId};
 use diesel::result::Error;
-use diesel::sql_types::Untyped;
 use diesel::QueryResult;
 use diesel_async::{AsyncConnectionCore, AsyncPgConnection, RunQueryDsl};
 use futures_util::future::BoxFuture;
 
 use super::PgRow;
+use crate::backend::replay::{sql_and_cacheability, Keyed, RenderedRef, Replay, Unkeyed};
 use crate::backend::{RowStream, SqlText};
 
 type TypeKey = (Option<String>, String);
@@ -72,48 +66,17 @@ struct Unresolved {
     embedded: Vec<(usize, usize)>,
 }
 
-/// Statement-cache identity of a [`RenderedRef`]: the original query's static id.
-struct Keyed<I>(PhantomData<fn() -> I>);
-/// Statement-cache identity of a [`RenderedRef`] whose query had no static id.
-struct Unkeyed;
-
-/// A rendered statement as diesel sees it: its SQL and its collected binds.
-struct RenderedRef<'a, K> {
-    rendered: &'a RenderedPg,
-    _key: PhantomData<K>,
-}
-
-impl<K> QueryFragment<Pg> for RenderedRef<'_, K> {
-    fn walk_ast<'b>(&'b self, mut pass: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        if !self.rendered.safe_to_cache {
-            pass.unsafe_to_cache_prepared();
-        }
-        pass.push_sql(&self.rendered.sql);
-        pass.push_bind_collector_data::<RawBytesBindCollector<Pg>>(&self.rendered.binds)
+impl Replay<Pg> for RenderedPg {
+    fn sql(&self) -> &str {
+        &self.sql
     }
-}
 
-// The SQL is the original query's, so it may share the original's prepared statement.
-impl<I: Any> QueryId for RenderedRef<'_, Keyed<I>> {
-    type QueryId = I;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
+    fn safe_to_cache(&self) -> bool {
+        self.safe_to_cache
+    }
 
-impl QueryId for RenderedRef<'_, Unkeyed> {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl<K> Query for RenderedRef<'_, K> {
-    type SqlType = Untyped;
-}
-
-impl RenderedPg {
-    fn view<K>(&self) -> RenderedRef<'_, K> {
-        RenderedRef {
-            rendered: self,
-            _key: PhantomData,
-        }
+    fn binds(&self) -> &RawBytesBindCollector<Pg> {
+        &self.binds
     }
 }
 
@@ -122,9 +85,9 @@ fn load_as<'c, K>(
     rendered: &RenderedPg,
 ) -> BoxFuture<'c, QueryResult<RowStream<'static, PgRow>>>
 where
-    for<'a> RenderedRef<'a, K>: QueryId,
+    for<'a> RenderedRef<'a, RenderedPg, K>: QueryId,
 {
-    AsyncConnectionCore::load(conn, rendered.view::<K>())
+    AsyncConnectionCore::load(conn, RenderedRef::<_, K>::new(rendered))
 }
 
 fn execute_as<'c, K>(
@@ -132,9 +95,9 @@ fn execute_as<'c, K>(
     rendered: &RenderedPg,
 ) -> BoxFuture<'c, QueryResult<usize>>
 where
-    for<'a> RenderedRef<'a, K>: QueryId,
+    for<'a> RenderedRef<'a, RenderedPg, K>: QueryId,
 {
-    AsyncConnectionCore::execute_returning_count(conn, rendered.view::<K>())
+    AsyncConnectionCore::execute_returning_count(conn, RenderedRef::<_, K>::new(rendered))
 }
 
 pub(crate) fn render_sql<Q: QueryFragment<Pg> + ?Sized>(query: &Q) -> QueryResult<String> {
@@ -198,15 +161,7 @@ pub(crate) fn render<Q>(
 where
     Q: QueryFragment<Pg> + QueryId + ?Sized,
 {
-    let (sql, safe_to_cache) = match sql {
-        // Shared SQL comes only for instances already found safe to cache prepared.
-        Some(sql @ SqlText::Shared(_)) => (sql, true),
-        Some(sql) => (sql, query.is_safe_to_cache_prepared(&Pg)?),
-        None => (
-            SqlText::Owned(render_sql(query)?),
-            query.is_safe_to_cache_prepared(&Pg)?,
-        ),
-    };
+    let (sql, safe_to_cache) = sql_and_cacheability(query, sql, render_sql::<Q>)?;
     let (load, execute): (LoadFn, ExecuteFn) = if Q::HAS_STATIC_QUERY_ID {
         (
             load_as::<Keyed<Q::QueryId>>,
