@@ -19,10 +19,10 @@ use crate::BoxError;
 
 pub use pg::cancel_query;
 pub(crate) use pg::{cancel, pg_connect_failure, PgEndpoint};
-#[cfg(all(feature = "tls", feature = "mysql"))]
-pub(crate) use tls::rustls_failure;
 #[cfg(test)]
 pub(crate) use pg::{KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_RETRIES};
+#[cfg(all(feature = "tls", feature = "mysql"))]
+pub(crate) use tls::rustls_failure;
 
 /// What a TLS failure was, in TLS terms. Found on an [`Error`](crate::Error) with
 /// [`Error::tls_failure`](crate::Error::tls_failure); the error's kind is then

@@ -463,7 +463,9 @@ fn tls_failure(error: &mysql_async::Error) -> Option<crate::TlsFailure> {
         mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer) => {
             Some(crate::TlsFailure::ServerWithoutTls)
         }
-        mysql_async::Error::Io(IoError::Tls(TlsError::Tls(error))) => Some(crate::connect::rustls_failure(error)),
+        mysql_async::Error::Io(IoError::Tls(TlsError::Tls(error))) => {
+            Some(crate::connect::rustls_failure(error))
+        }
         mysql_async::Error::Io(IoError::Tls(_)) => Some(crate::TlsFailure::Handshake),
         // tokio-rustls reports a failed handshake as an I/O error around rustls' own.
         mysql_async::Error::Io(IoError::Io(io)) => io
