@@ -4,9 +4,11 @@
 //! sample changes, count again.
 #![cfg(feature = "cli")]
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+mod common;
 
+use std::process::Output;
+
+use common::cli::{input_error, json, noise, obj, stdout};
 use serde_json::Value;
 
 const PGSS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/audit/pgss.csv");
@@ -14,34 +16,7 @@ const LOG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/audit/postgre
 
 /// Run `rwsplit audit ARGS` with `stdin` on standard input.
 fn audit(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rwsplit"))
-        .arg("audit")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn rwsplit");
-    let written = child.stdin.take().expect("stdin").write_all(stdin);
-    // A process that stops at the first bad line may exit before reading everything.
-    if let Err(e) = written {
-        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
-    }
-    child.wait_with_output().expect("wait for rwsplit")
-}
-
-fn stdout(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}, stderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).expect("utf-8 output")
-}
-
-fn json(output: &Output) -> Value {
-    serde_json::from_str(&stdout(output)).expect("valid JSON")
+    common::cli::run("audit", args, stdin)
 }
 
 /// The first number printed after `"key": ` in a `--json` report, parsed by Rust's
@@ -59,29 +34,6 @@ fn number(output: &Output, key: &str) -> f64 {
     rest[..end]
         .parse()
         .unwrap_or_else(|e| panic!("{key}: {:?}: {e}", &rest[..end]))
-}
-
-/// Exit code 2, nothing on stdout, one `error: ...` on stderr: returns the message.
-fn input_error(output: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
-    assert!(
-        output.stdout.is_empty(),
-        "stdout: {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
-    assert!(stderr.starts_with("error: "), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr
-}
-
-fn obj(pairs: &[(&str, u64)]) -> Value {
-    Value::Object(
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
-            .collect(),
-    )
 }
 
 // pgss.csv, by hand (line: calls, verdict):
@@ -598,21 +550,10 @@ fn empty_unreadable_and_arbitrary_input() {
     // Deterministic pseudo-random bytes, valid UTF-8 or not: always an input error, never
     // a panic or a report.
     const ALPHABET: &[u8] = b" \n,\"aq\r\t;'x";
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    for round in 0..24 {
-        let len = 16 + round * 97;
-        let bytes: Vec<u8> = (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                if round % 2 == 0 {
-                    (state >> 24) as u8
-                } else {
-                    ALPHABET[(state >> 40) as usize % ALPHABET.len()]
-                }
-            })
-            .collect();
+    for (round, bytes) in noise(0x2545_f491_4f6c_dd1d, 24, 97, ALPHABET)
+        .into_iter()
+        .enumerate()
+    {
         for format in [None, Some("csv"), Some("log")] {
             let mut args = vec!["-"];
             if let Some(format) = format {

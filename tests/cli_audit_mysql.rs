@@ -6,9 +6,11 @@
 //! installed here; `mariadb-general.log` from what MariaDB 10.11 wrote).
 #![cfg(feature = "cli")]
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+mod common;
 
+use std::process::{Command, Output};
+
+use common::cli::{input_error, json, noise, obj, stderr, stdout};
 use diesel_rwsplit::testing::MariaCluster;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Row};
@@ -16,67 +18,13 @@ use serde_json::Value;
 
 /// Run `rwsplit audit ARGS` with `stdin` on standard input.
 fn audit(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rwsplit"))
-        .arg("audit")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn rwsplit");
-    let written = child.stdin.take().expect("stdin").write_all(stdin);
-    // A process that stops at the first bad line may exit before reading everything.
-    if let Err(e) = written {
-        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
-    }
-    child.wait_with_output().expect("wait for rwsplit")
-}
-
-fn stdout(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}, stderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).expect("utf-8 output")
-}
-
-fn json(output: &Output) -> Value {
-    serde_json::from_str(&stdout(output)).expect("valid JSON")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Exit code 2, nothing on stdout, one `error: ...` on stderr: returns the message.
-fn input_error(output: &Output) -> String {
-    let stderr = stderr(output);
-    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
-    assert!(
-        output.stdout.is_empty(),
-        "stdout: {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
-    assert!(stderr.starts_with("error: "), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr
+    common::cli::run("audit", args, stdin)
 }
 
 /// `a` and `b` equal up to rounding (sums of milliseconds in another order).
 fn close(a: &Value, b: f64) -> bool {
     let a = a.as_f64().unwrap_or_else(|| panic!("not a number: {a}"));
     (a - b).abs() <= 1e-9 * b.abs().max(1.0)
-}
-
-fn obj(pairs: &[(&str, u64)]) -> Value {
-    Value::Object(
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
-            .collect(),
-    )
 }
 
 /// The workload, run by the application account: how many times each statement ran.
@@ -787,21 +735,10 @@ fn arbitrary_input_is_never_a_mysql_report() {
     // Deterministic pseudo-random bytes, raw or from an alphabet of the formats'
     // separators: always an input error, never a panic or a report.
     const ALPHABET: &[u8] = b" \n\t\t,\"\\1Q:-T";
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    for round in 0..16 {
-        let len = 16 + round * 131;
-        let bytes: Vec<u8> = (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                if round % 2 == 0 {
-                    (state >> 24) as u8
-                } else {
-                    ALPHABET[(state >> 40) as usize % ALPHABET.len()]
-                }
-            })
-            .collect();
+    for (round, bytes) in noise(0x9e37_79b9_7f4a_7c15, 16, 131, ALPHABET)
+        .into_iter()
+        .enumerate()
+    {
         for format in ["digest-csv", "digest-tsv", "mysql-log"] {
             let output = audit(&["-", "--format", format], &bytes);
             let stderr = stderr(&output);

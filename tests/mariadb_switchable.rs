@@ -2,28 +2,13 @@
 //! servers: where each statement ran is checked against the nodes themselves
 //! (`@@port`), never against the crate's own counters alone.
 
-use std::time::Duration;
+mod maria;
 
-use diesel::sql_types::{BigInt, Integer};
+use diesel::sql_types::BigInt;
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 use diesel_rwsplit::testing::MariaCluster;
 use diesel_rwsplit::{CausalOutcome, SwitchReason, SwitchablePool, Target};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-#[derive(diesel::QueryableByName)]
-struct Port {
-    #[diesel(sql_type = Integer)]
-    port: i32,
-}
-
-async fn port_of(conn: &mut diesel_rwsplit::PooledConnection<AsyncMysqlConnection>) -> u16 {
-    let row: Port = diesel::sql_query("SELECT @@port AS port")
-        .get_result(conn)
-        .await
-        .unwrap();
-    u16::try_from(row.port).unwrap()
-}
+use maria::{port_of, setup, WAIT};
 
 async fn pool(cluster: &MariaCluster) -> SwitchablePool<AsyncMysqlConnection> {
     SwitchablePool::<AsyncMysqlConnection>::builder()
@@ -36,17 +21,11 @@ async fn pool(cluster: &MariaCluster) -> SwitchablePool<AsyncMysqlConnection> {
 
 async fn cluster(replicas: usize) -> MariaCluster {
     let cluster = MariaCluster::start(replicas).await.unwrap();
-    let mut admin =
-        mysql_async::Conn::new(mysql_async::Opts::from_url(&cluster.primary_url()).unwrap())
-            .await
-            .unwrap();
-    mysql_async::prelude::Queryable::query_drop(
-        &mut admin,
+    setup(
+        &cluster,
         "CREATE TABLE items (id BIGINT AUTO_INCREMENT PRIMARY KEY, name TEXT NOT NULL)",
     )
-    .await
-    .unwrap();
-    cluster.wait_for_replicas(WAIT).await.unwrap();
+    .await;
     cluster
 }
 

@@ -3,33 +3,20 @@
 //! the servers themselves (`Ssl_cipher` of the very session), failures by
 //! `Error::tls_failure()` and `FailureKind::Tls`, never by message text.
 
+mod maria;
+
 use std::time::{Duration, Instant};
 
-use diesel::sql_types::{Integer, Text};
+use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
 use diesel_rwsplit::testing::{other_ca_pem, MariaCluster};
 use diesel_rwsplit::{Error, FailureKind, PooledConnection, SwitchablePool, Target, TlsFailure};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-#[derive(diesel::QueryableByName)]
-struct Port {
-    #[diesel(sql_type = Integer)]
-    port: i32,
-}
+use maria::{port_of, setup, WAIT};
 
 #[derive(diesel::QueryableByName)]
 struct Status {
     #[diesel(sql_type = Text, column_name = "Value")]
     value: String,
-}
-
-async fn port_of(conn: &mut PooledConnection<AsyncMysqlConnection>) -> u16 {
-    let row: Port = diesel::sql_query("SELECT @@port AS port")
-        .get_result(conn)
-        .await
-        .unwrap();
-    u16::try_from(row.port).unwrap()
 }
 
 /// The cipher of the session `conn` runs its statements on, as the server sees it
@@ -100,18 +87,11 @@ async fn verified_tls_sessions_read_on_the_replica_and_write_on_the_primary() {
         .unwrap();
     let ca = cluster.ca_cert_path().unwrap().to_owned();
     // Replication itself runs over TLS under require_secure_transport.
-    let mut admin =
-        mysql_async::Conn::new(mysql_async::Opts::from_url(&cluster.primary_admin_url()).unwrap())
-            .await
-            .unwrap();
-    mysql_async::prelude::Queryable::query_drop(
-        &mut admin,
+    setup(
+        &cluster,
         "CREATE TABLE items (id BIGINT AUTO_INCREMENT PRIMARY KEY, name TEXT NOT NULL)",
     )
-    .await
-    .unwrap();
-    let _ = admin.disconnect().await;
-    cluster.wait_for_replicas(WAIT).await.unwrap();
+    .await;
 
     let pool = SwitchablePool::<AsyncMysqlConnection>::builder()
         .primary(tls_url(&cluster.primary_url(), &ca))

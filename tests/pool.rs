@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{
-    admin, create_table, port_of, server_port, shared_cluster, statement_calls, until, WAIT,
+    admin, create_table, port_of, server_port, shared_cluster, short_bounds, statement_calls,
+    until, WAIT,
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_rwsplit::testing::LocalCluster;
@@ -14,13 +15,11 @@ use diesel_rwsplit::{Balance, Error, SwitchablePool, Target};
 use futures_util::StreamExt;
 
 fn builder(cluster: &LocalCluster) -> diesel_rwsplit::SwitchablePoolBuilder {
-    SwitchablePool::<AsyncPgConnection>::builder()
-        .primary(cluster.primary_url())
-        .replicas(cluster.replica_urls())
-        .replica_connect_timeout(Duration::from_millis(500))
-        .replica_checkout_timeout(Duration::from_millis(800))
-        .ejection_backoff(Duration::from_millis(100), Duration::from_millis(400))
-        .monitor_interval(Duration::from_millis(50))
+    short_bounds(
+        SwitchablePool::<AsyncPgConnection>::builder()
+            .primary(cluster.primary_url())
+            .replicas(cluster.replica_urls()),
+    )
 }
 
 async fn reads_per_port(pool: &SwitchablePool, n: usize) -> HashMap<i32, usize> {

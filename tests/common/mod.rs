@@ -9,6 +9,18 @@ use tokio_postgres::{Client, NoTls};
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// `builder` with short bounds, so that faults are noticed fast: the pool tests'
+/// settings on either backend (`tests/maria/mod.rs` uses it too).
+pub fn short_bounds<C: diesel_rwsplit::SwitchTarget>(
+    builder: diesel_rwsplit::SwitchablePoolBuilder<C>,
+) -> diesel_rwsplit::SwitchablePoolBuilder<C> {
+    builder
+        .replica_connect_timeout(Duration::from_millis(500))
+        .replica_checkout_timeout(Duration::from_millis(800))
+        .ejection_backoff(Duration::from_millis(100), Duration::from_millis(400))
+        .monitor_interval(Duration::from_millis(50))
+}
+
 /// A primary + 2 replicas with the example schema, shared by the tests of one
 /// binary (each test owns its tables or rows). It is never dropped: the cluster's
 /// watchdog stops it when the test binary exits.
@@ -185,4 +197,99 @@ pub async fn token_after_write(
     let mut writer = pool.get_primary().await.unwrap();
     write_event(&mut writer, cluster, kind).await;
     writer.causal_token().await.unwrap().unwrap()
+}
+
+/// The `rwsplit` command-line tool run as a process (`tests/cli_*.rs`).
+#[cfg(feature = "cli")]
+pub mod cli {
+    use std::io::Write;
+    use std::process::{Command, Output, Stdio};
+
+    use serde_json::Value;
+
+    /// Run `rwsplit SUBCOMMAND ARGS` with `stdin` on standard input.
+    pub fn run(subcommand: &str, args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rwsplit"))
+            .arg(subcommand)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rwsplit");
+        let written = child.stdin.take().expect("stdin").write_all(stdin);
+        // A process that rejects its arguments or stops at the first bad line may exit
+        // before reading everything: a closed pipe is fine.
+        if let Err(e) = written {
+            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
+        }
+        child.wait_with_output().expect("wait for rwsplit")
+    }
+
+    /// Standard output of a run that must have succeeded.
+    pub fn stdout(output: &Output) -> String {
+        assert!(
+            output.status.success(),
+            "exit {:?}, stderr: {}",
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout.clone()).expect("utf-8 output")
+    }
+
+    /// Standard output of a run that must have succeeded, as JSON.
+    pub fn json(output: &Output) -> Value {
+        serde_json::from_str(&stdout(output)).expect("valid JSON")
+    }
+
+    pub fn stderr(output: &Output) -> String {
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    /// Exit code 2, nothing on stdout, one `error: ...` on stderr: returns the message.
+    pub fn input_error(output: &Output) -> String {
+        let stderr = stderr(output);
+        assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+        assert!(
+            output.stdout.is_empty(),
+            "stdout: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        stderr
+    }
+
+    /// Deterministic pseudo-random inputs (xorshift from `seed`): `rounds` of them, the
+    /// one of round `r` `16 + r * step` bytes long, raw bytes in even rounds and bytes
+    /// of `alphabet` in odd ones.
+    pub fn noise(seed: u64, rounds: usize, step: usize, alphabet: &[u8]) -> Vec<Vec<u8>> {
+        let mut state = seed;
+        (0..rounds)
+            .map(|round| {
+                (0..16 + round * step)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        if round % 2 == 0 {
+                            (state >> 24) as u8
+                        } else {
+                            alphabet[(state >> 40) as usize % alphabet.len()]
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// A JSON object of counts.
+    pub fn obj(pairs: &[(&str, u64)]) -> Value {
+        Value::Object(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
+                .collect(),
+        )
+    }
 }

@@ -4,6 +4,9 @@
 //! node's own general query log (on for these clusters).
 #![allow(dead_code)] // each test binary uses a different subset
 
+#[path = "../common/mod.rs"]
+mod common;
+
 use std::time::{Duration, Instant};
 
 use diesel::sql_types::Integer;
@@ -44,13 +47,11 @@ pub async fn start_with(replicas: usize, settings: &[(&str, &str)]) -> MariaClus
 
 /// A pool over the whole cluster, with short bounds so that faults are noticed fast.
 pub fn builder(cluster: &MariaCluster) -> Builder {
-    SwitchablePool::<AsyncMysqlConnection>::builder()
-        .primary(cluster.primary_url())
-        .replicas(cluster.replica_urls())
-        .replica_connect_timeout(Duration::from_millis(500))
-        .replica_checkout_timeout(Duration::from_millis(800))
-        .ejection_backoff(Duration::from_millis(100), Duration::from_millis(400))
-        .monitor_interval(Duration::from_millis(50))
+    common::short_bounds(
+        SwitchablePool::<AsyncMysqlConnection>::builder()
+            .primary(cluster.primary_url())
+            .replicas(cluster.replica_urls()),
+    )
 }
 
 pub async fn connect(url: &str) -> Conn {

@@ -8,6 +8,7 @@
 
 mod mysql;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io::{self, BufRead, Cursor, Read};
 use std::sync::OnceLock;
@@ -254,25 +255,15 @@ fn column(header: &[String], names: &[&str]) -> Option<usize> {
 fn read_csv(input: impl BufRead, mut each: impl FnMut(Statement<'_>)) -> Result<(), InputError> {
     let mut reader = CsvReader::new(input);
     let mut fields = Vec::new();
-    let Some(header_line) = reader.record(&mut fields)? else {
-        return Err(InputError::whole(
-            "the input is empty: no statement to audit",
-        ));
-    };
-    let names: Vec<String> = fields.iter().map(|f| f.trim().to_owned()).collect();
+    let (header_line, names) = read_header(&mut reader, &mut fields)?;
     let query = column(&names, &["query"]);
     let calls = column(&names, &["calls"]);
     let (Some(query), Some(calls)) = (query, calls) else {
-        let missing: Vec<&str> = [("query", query), ("calls", calls)]
-            .iter()
-            .filter(|(_, found)| found.is_none())
-            .map(|(name, _)| *name)
-            .collect();
         return Err(InputError::at(
             header_line,
             format!(
                 "the CSV header has no `{}` column (it has: {}); expected a pg_stat_statements export with a header row and at least `query` and `calls`{}",
-                missing.join("` and `"),
+                missing(&[("query", query), ("calls", calls)]),
                 describe_columns(&names),
                 if column(&names, &["digest_text"]).is_some() {
                     " (this header is a performance_schema digest export's: pass --format digest-csv)"
@@ -286,17 +277,7 @@ fn read_csv(input: impl BufRead, mut each: impl FnMut(Statement<'_>)) -> Result<
     let toplevel = column(&names, &["toplevel"]);
     let width = fields.len();
     let mut rows = 0u64;
-    while let Some(line) = reader.record(&mut fields)? {
-        if fields.len() != width {
-            return Err(InputError::at(
-                line,
-                format!(
-                    "bad CSV record: it has {} field{}, the header has {width}",
-                    fields.len(),
-                    if fields.len() == 1 { "" } else { "s" }
-                ),
-            ));
-        }
+    while let Some(line) = next_row(&mut reader, &mut fields, width, "bad CSV record")? {
         if let Some(i) = toplevel {
             match fields[i].trim() {
                 "t" | "true" => {}
@@ -311,13 +292,7 @@ fn read_csv(input: impl BufRead, mut each: impl FnMut(Statement<'_>)) -> Result<
                 }
             }
         }
-        let calls_text = fields[calls].trim();
-        let calls = calls_text.parse::<u64>().map_err(|_| {
-            InputError::at(
-                line,
-                format!("`calls` must be a non-negative integer, not {calls_text:?}"),
-            )
-        })?;
+        let calls = count(&fields[calls], "calls", line)?;
         let time_ms = match time {
             None => None,
             Some(i) => {
@@ -361,16 +336,120 @@ fn describe_columns(names: &[String]) -> String {
     shown.join(", ")
 }
 
+/// The required columns not found, as a message names them: "`a` and `b`".
+fn missing(required: &[(&str, Option<usize>)]) -> String {
+    let missing: Vec<&str> = required
+        .iter()
+        .filter(|(_, found)| found.is_none())
+        .map(|(name, _)| *name)
+        .collect();
+    missing.join("` and `")
+}
+
+/// Records of a table with a header: CSV or `mariadb --batch` output.
+trait Records {
+    /// Read the next record into `fields`; the line it starts on, or `None` at the end.
+    fn record(&mut self, fields: &mut Vec<String>) -> Result<Option<u64>, InputError>;
+}
+
+/// Read the header record into `fields`: its line and its names, trimmed; an error if
+/// the input has no record.
+fn read_header(
+    reader: &mut impl Records,
+    fields: &mut Vec<String>,
+) -> Result<(u64, Vec<String>), InputError> {
+    let Some(header_line) = reader.record(fields)? else {
+        return Err(InputError::whole(
+            "the input is empty: no statement to audit",
+        ));
+    };
+    Ok((
+        header_line,
+        fields.iter().map(|f| f.trim().to_owned()).collect(),
+    ))
+}
+
+/// Read the next row into `fields`: its line, `None` at the end, or an error (`what:
+/// it has N fields, ...`) if it does not have the header's `width`.
+fn next_row(
+    reader: &mut impl Records,
+    fields: &mut Vec<String>,
+    width: usize,
+    what: &str,
+) -> Result<Option<u64>, InputError> {
+    let line = reader.record(fields)?;
+    match line {
+        Some(line) if fields.len() != width => Err(InputError::at(
+            line,
+            format!(
+                "{what}: it has {} field{}, the header has {width}",
+                fields.len(),
+                if fields.len() == 1 { "" } else { "s" }
+            ),
+        )),
+        _ => Ok(line),
+    }
+}
+
+/// The count in the field of column `name` (calls).
+fn count(field: &str, name: &str, line: u64) -> Result<u64, InputError> {
+    let text = field.trim();
+    text.parse::<u64>().map_err(|_| {
+        InputError::at(
+            line,
+            format!("`{name}` must be a non-negative integer, not {text:?}"),
+        )
+    })
+}
+
+/// The physical lines of an input, counted: what every reader below reads through.
+struct Lines<R> {
+    input: R,
+    raw: Vec<u8>,
+    /// Lines read so far.
+    line: u64,
+}
+
+impl<R: BufRead> Lines<R> {
+    fn new(input: R) -> Self {
+        Lines {
+            input,
+            raw: Vec::new(),
+            line: 0,
+        }
+    }
+
+    /// The next line, without its line end, and its 1-based number; `None` at the end
+    /// of the input.
+    fn next_raw(&mut self) -> Result<Option<(u64, &[u8])>, InputError> {
+        self.raw.clear();
+        let n = self
+            .input
+            .read_until(b'\n', &mut self.raw)
+            .map_err(|e| InputError::io(&e, self.line + 1))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.line += 1;
+        Ok(Some((self.line, trim_eol(&self.raw))))
+    }
+
+    /// [`next_raw`](Self::next_raw) as UTF-8: a line that is not is an error.
+    fn next_str(&mut self) -> Result<Option<(u64, &str)>, InputError> {
+        match self.next_raw()? {
+            None => Ok(None),
+            Some((line, raw)) => utf8(raw, line).map(|text| Some((line, text))),
+        }
+    }
+}
+
 /// A CSV reader for what PostgreSQL's `COPY ... (FORMAT csv)` writes (RFC 4180: `,`
 /// separators, `"` quotes doubled inside quoted fields, newlines inside quoted fields,
 /// `\n` or `\r\n` line ends), that knows the line every record starts on. Blank lines
 /// between records are skipped; a quote inside an unquoted field is an ordinary
 /// character.
 struct CsvReader<R> {
-    input: R,
-    raw: Vec<u8>,
-    /// Lines read so far.
-    line: u64,
+    lines: Lines<R>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -385,35 +464,19 @@ enum Field {
 impl<R: BufRead> CsvReader<R> {
     fn new(input: R) -> Self {
         CsvReader {
-            input,
-            raw: Vec::new(),
-            line: 0,
+            lines: Lines::new(input),
         }
     }
+}
 
-    /// The next physical line, without its line end; `None` at the end of the input.
-    fn next_line(&mut self) -> Result<Option<&str>, InputError> {
-        self.raw.clear();
-        let n = self
-            .input
-            .read_until(b'\n', &mut self.raw)
-            .map_err(|e| InputError::io(&e, self.line + 1))?;
-        if n == 0 {
-            return Ok(None);
-        }
-        self.line += 1;
-        utf8(trim_eol(&self.raw), self.line).map(Some)
-    }
-
-    /// Read the next record into `fields`; its first line, or `None` at the end.
+impl<R: BufRead> Records for CsvReader<R> {
     fn record(&mut self, fields: &mut Vec<String>) -> Result<Option<u64>, InputError> {
         fields.clear();
         let mut start = None;
         let mut field = String::new();
         let mut state = Field::Start;
         loop {
-            let line_no = self.line + 1;
-            let Some(line) = self.next_line()? else {
+            let Some((line_no, line)) = self.lines.next_str()? else {
                 return match start {
                     None => Ok(None),
                     Some(start) => Err(InputError::at(
@@ -506,17 +569,92 @@ fn logged_sql<'m>(severity: &str, message: &'m str) -> Option<&'m str> {
     rest.split_once(": ").map(|(_, sql)| sql)
 }
 
-fn read_log(
-    mut input: impl BufRead,
+/// The PostgreSQL log: a line is an entry if it starts with a `log_line_prefix` and a
+/// severity; a line that is not UTF-8 is an error.
+struct PgLog;
+
+impl LogFormat for PgLog {
+    fn text<'r>(&mut self, raw: &'r [u8], line: u64) -> Result<Cow<'r, str>, InputError> {
+        utf8(raw, line).map(Cow::Borrowed)
+    }
+
+    fn classify<'l>(&self, line: &'l str) -> LogLine<'l> {
+        match log_entry(line) {
+            Some((severity, message)) => LogLine::Entry(logged_sql(severity, message)),
+            None => LogLine::Text,
+        }
+    }
+}
+
+fn read_log(input: impl BufRead, each: impl FnMut(Statement<'_>)) -> Result<(), InputError> {
+    let read = read_entries(input, &mut PgLog, each)?;
+    if read.statements > 0 {
+        return Ok(());
+    }
+    let (lines, entries) = (read.lines, read.entries);
+    Err(match read.first_stray {
+        Some(line) if entries == 0 => InputError::at(
+            line,
+            "not a PostgreSQL log line: no log entry with a supported log_line_prefix (one that starts with a timestamp, %m, %t or %n, or none) in the whole input, so no statement to audit",
+        ),
+        _ => InputError::at(
+            1,
+            format!(
+                "none of the {entries} log entries in lines 1-{lines} is a `LOG:  statement: ...` or `LOG:  execute <name>: ...`, so no statement to audit: was log_statement = 'all' set (with English lc_messages)?"
+            ),
+        ),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Logs in general: entries that may go on over several lines
+
+/// What a line of a log is.
+enum LogLine<'l> {
+    /// The start of an entry, with its SQL if the entry records a statement being run.
+    Entry(Option<&'l str>),
+    /// A line that ends the entry before it without starting one (a header line).
+    Break,
+    /// Any other line: it continues the entry before it (the statement's next line),
+    /// or is text before the first entry.
+    Text,
+}
+
+/// What tells one log format from another.
+trait LogFormat {
+    /// The text of a line (`raw`, without its line end), or an error.
+    fn text<'r>(&mut self, raw: &'r [u8], line: u64) -> Result<Cow<'r, str>, InputError>;
+
+    /// What `line` is.
+    fn classify<'l>(&self, line: &'l str) -> LogLine<'l>;
+}
+
+/// What [`read_entries`] read, for the error when it found no statement.
+struct LogRead {
+    lines: u64,
+    /// Lines that start an entry.
+    entries: u64,
+    statements: u64,
+    /// The first line with text before the first entry.
+    first_stray: Option<u64>,
+}
+
+/// Read a log in `format`: every entry that records a statement is one call of it,
+/// from the line it starts on up to the next entry or [`LogLine::Break`].
+fn read_entries(
+    input: impl BufRead,
+    format: &mut impl LogFormat,
     mut each: impl FnMut(Statement<'_>),
-) -> Result<(), InputError> {
-    let mut raw = Vec::new();
-    let mut line_no = 0u64;
+) -> Result<LogRead, InputError> {
+    let mut lines = Lines::new(input);
+    let mut read = LogRead {
+        lines: 0,
+        entries: 0,
+        statements: 0,
+        first_stray: None,
+    };
     // The statement being read (it may continue on the following lines) and its line.
     let mut current: Option<(u64, String)> = None;
-    let mut entries = 0u64;
-    let mut statements = 0u64;
-    let mut first_stray: Option<u64> = None;
     let mut flush = |current: &mut Option<(u64, String)>, statements: &mut u64| {
         if let Some((line, sql)) = current.take() {
             *statements += 1;
@@ -528,43 +666,29 @@ fn read_log(
             });
         }
     };
-    loop {
-        raw.clear();
-        let n = input
-            .read_until(b'\n', &mut raw)
-            .map_err(|e| InputError::io(&e, line_no + 1))?;
-        if n == 0 {
-            break;
-        }
-        line_no += 1;
-        let line = utf8(trim_eol(&raw), line_no)?;
-        if let Some((severity, message)) = log_entry(line) {
-            flush(&mut current, &mut statements);
-            entries += 1;
-            current = logged_sql(severity, message).map(|sql| (line_no, sql.to_owned()));
-        } else if let Some((_, sql)) = &mut current {
-            sql.push('\n');
-            sql.push_str(line);
-        } else if entries == 0 && first_stray.is_none() && !line.trim().is_empty() {
-            first_stray = Some(line_no);
+    while let Some((line_no, raw)) = lines.next_raw()? {
+        read.lines = line_no;
+        let line = format.text(raw, line_no)?;
+        match format.classify(&line) {
+            LogLine::Entry(sql) => {
+                flush(&mut current, &mut read.statements);
+                read.entries += 1;
+                current = sql.map(|sql| (line_no, sql.to_owned()));
+            }
+            LogLine::Break => flush(&mut current, &mut read.statements),
+            LogLine::Text => {
+                if let Some((_, sql)) = &mut current {
+                    sql.push('\n');
+                    sql.push_str(&line);
+                } else if read.entries == 0 && read.first_stray.is_none() && !line.trim().is_empty()
+                {
+                    read.first_stray = Some(line_no);
+                }
+            }
         }
     }
-    flush(&mut current, &mut statements);
-    if statements > 0 {
-        return Ok(());
-    }
-    Err(match first_stray {
-        Some(line) if entries == 0 => InputError::at(
-            line,
-            "not a PostgreSQL log line: no log entry with a supported log_line_prefix (one that starts with a timestamp, %m, %t or %n, or none) in the whole input, so no statement to audit",
-        ),
-        _ => InputError::at(
-            1,
-            format!(
-                "none of the {entries} log entries in lines 1-{line_no} is a `LOG:  statement: ...` or `LOG:  execute <name>: ...`, so no statement to audit: was log_statement = 'all' set (with English lc_messages)?"
-            ),
-        ),
-    })
+    flush(&mut current, &mut read.statements);
+    Ok(read)
 }
 
 #[cfg(test)]

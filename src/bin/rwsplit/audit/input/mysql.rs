@@ -27,40 +27,26 @@ use std::sync::OnceLock;
 
 use regex::Regex;
 
-use super::{column, describe_columns, trim_eol, utf8, CsvReader, Format, InputError, Statement};
+use super::{
+    column, count, describe_columns, missing, next_row, read_entries, read_header, Format,
+    InputError, Lines, LogFormat, LogLine, Records, Statement,
+};
 
 // ---------------------------------------------------------------------------------------
 // performance_schema digest export
-
-/// Records of a table with a header: CSV or `mariadb --batch` output.
-pub(super) trait Records {
-    /// Read the next record into `fields`; the line it starts on, or `None` at the end.
-    fn record(&mut self, fields: &mut Vec<String>) -> Result<Option<u64>, InputError>;
-}
-
-impl<R: BufRead> Records for CsvReader<R> {
-    fn record(&mut self, fields: &mut Vec<String>) -> Result<Option<u64>, InputError> {
-        CsvReader::record(self, fields)
-    }
-}
 
 /// A reader for what `mariadb --batch` (`-B`) prints: one record per line, fields
 /// separated by tabs, `\0`, `\t`, `\n` and `\\` inside a value for a NUL, tab, newline
 /// and backslash (any other backslash stays as it is, as `--raw` prints it). Empty lines
 /// are skipped.
 pub(super) struct TsvReader<R> {
-    input: R,
-    raw: Vec<u8>,
-    /// Lines read so far.
-    line: u64,
+    lines: Lines<R>,
 }
 
 impl<R: BufRead> TsvReader<R> {
     pub(super) fn new(input: R) -> Self {
         TsvReader {
-            input,
-            raw: Vec::new(),
-            line: 0,
+            lines: Lines::new(input),
         }
     }
 }
@@ -68,23 +54,13 @@ impl<R: BufRead> TsvReader<R> {
 impl<R: BufRead> Records for TsvReader<R> {
     fn record(&mut self, fields: &mut Vec<String>) -> Result<Option<u64>, InputError> {
         fields.clear();
-        loop {
-            self.raw.clear();
-            let n = self
-                .input
-                .read_until(b'\n', &mut self.raw)
-                .map_err(|e| InputError::io(&e, self.line + 1))?;
-            if n == 0 {
-                return Ok(None);
+        while let Some((line, text)) = self.lines.next_str()? {
+            if !text.is_empty() {
+                fields.extend(text.split('\t').map(unescape));
+                return Ok(Some(line));
             }
-            self.line += 1;
-            let text = utf8(trim_eol(&self.raw), self.line)?;
-            if text.is_empty() {
-                continue;
-            }
-            fields.extend(text.split('\t').map(unescape));
-            return Ok(Some(self.line));
         }
+        Ok(None)
     }
 }
 
@@ -133,20 +109,10 @@ pub(super) fn read_digest(
     mut each: impl FnMut(Statement<'_>),
 ) -> Result<Vec<String>, InputError> {
     let mut fields = Vec::new();
-    let Some(header_line) = reader.record(&mut fields)? else {
-        return Err(InputError::whole(
-            "the input is empty: no statement to audit",
-        ));
-    };
-    let names: Vec<String> = fields.iter().map(|f| f.trim().to_owned()).collect();
+    let (header_line, names) = read_header(&mut reader, &mut fields)?;
     let text = column(&names, &["digest_text"]);
     let calls = column(&names, &["count_star"]);
     let (Some(text), Some(calls)) = (text, calls) else {
-        let missing: Vec<&str> = [("DIGEST_TEXT", text), ("COUNT_STAR", calls)]
-            .iter()
-            .filter(|(_, found)| found.is_none())
-            .map(|(name, _)| *name)
-            .collect();
         // One name may be a whole header separated by the other format's separator.
         let (other, separator) = match format {
             Format::DigestTsv => (Format::DigestCsv, ','),
@@ -179,7 +145,7 @@ pub(super) fn read_digest(
             header_line,
             format!(
                 "the header has no `{}` column (it has: {}); expected a performance_schema.events_statements_summary_by_digest export with a header row and at least `DIGEST_TEXT` and `COUNT_STAR`{hint}",
-                missing.join("` and `"),
+                missing(&[("DIGEST_TEXT", text), ("COUNT_STAR", calls)]),
                 describe_columns(&names),
             ),
         ));
@@ -187,27 +153,8 @@ pub(super) fn read_digest(
     let time = column(&names, &["sum_timer_wait"]);
     let width = fields.len();
     let (mut rows, mut null_rows, mut null_calls) = (0u64, 0u64, 0u64);
-    while let Some(line) = reader.record(&mut fields)? {
-        if fields.len() != width {
-            return Err(InputError::at(
-                line,
-                format!(
-                    "bad record: it has {} field{}, the header has {width}",
-                    fields.len(),
-                    if fields.len() == 1 { "" } else { "s" }
-                ),
-            ));
-        }
-        let calls_text = fields[calls].trim();
-        let calls = calls_text.parse::<u64>().map_err(|_| {
-            InputError::at(
-                line,
-                format!(
-                    "`{}` must be a non-negative integer, not {calls_text:?}",
-                    names[calls]
-                ),
-            )
-        })?;
+    while let Some(line) = next_row(&mut reader, &mut fields, width, "bad record")? {
+        let calls = count(&fields[calls], &names[calls], line)?;
         if is_null(&fields[text]) {
             null_rows += 1;
             null_calls = null_calls.saturating_add(calls);
@@ -306,62 +253,46 @@ fn is_call(command: &str) -> bool {
     matches!(command, "Query" | "Execute")
 }
 
+/// The general log: header lines end an entry, `Query` and `Execute` entries are
+/// statements; bytes that are not UTF-8 are read as U+FFFD.
+struct GeneralLog {
+    /// The first line that is not UTF-8, and how many are not.
+    not_utf8: Option<(u64, u64)>,
+}
+
+impl LogFormat for GeneralLog {
+    fn text<'r>(&mut self, raw: &'r [u8], line: u64) -> Result<Cow<'r, str>, InputError> {
+        let text = String::from_utf8_lossy(raw);
+        if let Cow::Owned(_) = text {
+            self.not_utf8.get_or_insert((line, 0)).1 += 1;
+        }
+        Ok(text)
+    }
+
+    fn classify<'l>(&self, line: &'l str) -> LogLine<'l> {
+        if header_regex().is_match(line) {
+            LogLine::Break
+        } else if let Some((command, argument)) = log_entry(line) {
+            LogLine::Entry(is_call(command).then_some(argument))
+        } else {
+            LogLine::Text
+        }
+    }
+}
+
 /// Read a general log: every `Query` and `Execute` entry is one call; lines that do
 /// not start an entry continue the one before (multi-line statements); header lines
 /// are skipped wherever they are. Bytes that are not UTF-8 (binary values in logged
 /// statements) are read as U+FFFD, with a warning.
 pub(super) fn read_log(
-    mut input: impl BufRead,
-    mut each: impl FnMut(Statement<'_>),
+    input: impl BufRead,
+    each: impl FnMut(Statement<'_>),
 ) -> Result<Vec<String>, InputError> {
-    let mut raw = Vec::new();
-    let mut line_no = 0u64;
-    // The statement being read (it may continue on the following lines) and its line.
-    let mut current: Option<(u64, String)> = None;
-    let mut entries = 0u64;
-    let mut statements = 0u64;
-    let mut first_stray: Option<u64> = None;
-    let mut not_utf8: Option<(u64, u64)> = None;
-    let mut flush = |current: &mut Option<(u64, String)>, statements: &mut u64| {
-        if let Some((line, sql)) = current.take() {
-            *statements += 1;
-            each(Statement {
-                line,
-                sql: &sql,
-                calls: 1,
-                time_ms: None,
-            });
-        }
-    };
-    loop {
-        raw.clear();
-        let n = input
-            .read_until(b'\n', &mut raw)
-            .map_err(|e| InputError::io(&e, line_no + 1))?;
-        if n == 0 {
-            break;
-        }
-        line_no += 1;
-        let line = String::from_utf8_lossy(trim_eol(&raw));
-        if let Cow::Owned(_) = line {
-            not_utf8.get_or_insert((line_no, 0)).1 += 1;
-        }
-        if header_regex().is_match(&line) {
-            flush(&mut current, &mut statements);
-        } else if let Some((command, argument)) = log_entry(&line) {
-            flush(&mut current, &mut statements);
-            entries += 1;
-            current = is_call(command).then(|| (line_no, argument.to_owned()));
-        } else if let Some((_, sql)) = &mut current {
-            sql.push('\n');
-            sql.push_str(&line);
-        } else if entries == 0 && first_stray.is_none() && !line.trim().is_empty() {
-            first_stray = Some(line_no);
-        }
-    }
-    flush(&mut current, &mut statements);
-    if statements > 0 {
-        return Ok(not_utf8
+    let mut log = GeneralLog { not_utf8: None };
+    let read = read_entries(input, &mut log, each)?;
+    if read.statements > 0 {
+        return Ok(log
+            .not_utf8
             .map(|(first, count)| {
                 format!(
                     "{count} line{} not UTF-8 (the first: line {first}): the bytes that are not were read as U+FFFD (binary values in statements?)",
@@ -371,7 +302,8 @@ pub(super) fn read_log(
             .into_iter()
             .collect());
     }
-    Err(match first_stray {
+    let (lines, entries) = (read.lines, read.entries);
+    Err(match read.first_stray {
         Some(line) if entries == 0 => InputError::at(
             line,
             "not a MySQL/MariaDB general query log line: no entry (a time, or two tabs, then `ID Command<TAB>argument`, as MariaDB and MySQL write them) in the whole input, so no statement to audit",
@@ -383,7 +315,7 @@ pub(super) fn read_log(
         _ => InputError::at(
             1,
             format!(
-                "none of the {entries} general log entries in lines 1-{line_no} is a `Query` or an `Execute`, so no statement to audit"
+                "none of the {entries} general log entries in lines 1-{lines} is a `Query` or an `Execute`, so no statement to audit"
             ),
         ),
     })
@@ -391,6 +323,7 @@ pub(super) fn read_log(
 
 #[cfg(test)]
 mod tests {
+    use super::super::CsvReader;
     use super::*;
 
     /// `(line, sql, calls, time_ms)` of every statement read, and the warnings; or the
