@@ -257,6 +257,13 @@ pub trait SwitchTarget: sealed::Sealed + AsyncConnection + Send + 'static {
     where
         Q: QueryFragment<Self::Backend> + QueryId + ?Sized;
 
+    /// Whether [`load_rendered`](Self::load_rendered) has every row in hand when it
+    /// returns, and returns a failure before the first row as its own error (MySQL:
+    /// diesel-async's row stream borrows its session, so the rows are collected).
+    /// The read path then need not look at the first row itself.
+    #[doc(hidden)]
+    const ROWS_COLLECTED: bool = false;
+
     #[doc(hidden)]
     /// Run owned SQL + binds, yielding rows through a stream that does not borrow
     /// the connection. By reference: a read that failed on one node runs again on

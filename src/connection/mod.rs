@@ -87,6 +87,9 @@ impl<C: SwitchTarget> Attempt<C> for LoadFirstRow {
         rendered: &'c mut C::Rendered,
         ctx: &'c C::RenderCtx,
     ) -> QueryResult<Self::Output> {
+        if C::ROWS_COLLECTED {
+            return C::load_rendered(conn, rendered, ctx).await;
+        }
         let mut rows = C::load_rendered(conn, rendered, ctx).await?.fuse();
         match rows.next().await {
             Some(Err(e)) => Err(e),

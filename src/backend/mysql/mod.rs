@@ -109,6 +109,7 @@ impl SwitchTarget for AsyncMysqlConnection {
     type Endpoint = MysqlEndpoint;
     const DIALECT: Dialect = Dialect::Mysql;
     const DIAGNOSE_UNTYPED: bool = true;
+    const ROWS_COLLECTED: bool = true;
 
     fn current_position(conn: &mut Self) -> BoxFuture<'_, QueryResult<CausalToken>> {
         async move {

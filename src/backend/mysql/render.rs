@@ -64,7 +64,14 @@ where
     use futures_util::{FutureExt, StreamExt};
     async move {
         let rows = AsyncConnectionCore::load(conn, RenderedRef::<_, K>::new(rendered)).await?;
-        let rows: Vec<QueryResult<MysqlRow>> = rows.collect().await;
+        let mut rows: Vec<QueryResult<MysqlRow>> = rows.collect().await;
+        // A failure before the first row is the statement's failure (see
+        // `SwitchTarget::ROWS_COLLECTED`).
+        if matches!(rows.first(), Some(Err(_))) {
+            if let Err(error) = rows.swap_remove(0) {
+                return Err(error);
+            }
+        }
         Ok(futures_util::stream::iter(rows).boxed())
     }
     .boxed()
