@@ -68,9 +68,8 @@ where
         // A failure before the first row is the statement's failure (see
         // `SwitchTarget::ROWS_COLLECTED`).
         if matches!(rows.first(), Some(Err(_))) {
-            if let Err(error) = rows.swap_remove(0) {
-                return Err(error);
-            }
+            // Always an error here: returns it.
+            rows.swap_remove(0)?;
         }
         Ok(futures_util::stream::iter(rows).boxed())
     }
