@@ -1242,7 +1242,7 @@ impl<C: SwitchTarget> SwitchablePoolBuilder<C> {
 
     /// What [`build`](Self::build) does when the primary's host does not accept
     /// TCP connections. `true`: fail with [`Error::Node`] (step
-    /// [`NodeStep::Connect`]): a service that cannot write usually should not start.
+    /// [`NodeStep::Connect`](crate::NodeStep::Connect)): a service that cannot write usually should not start.
     /// `false`: start anyway, for read-mostly services: reads are served by the
     /// replicas, writes fail with [`Error::PrimaryUnavailable`] after the primary
     /// checkout timeout until the primary answers. Default: `true`.
