@@ -537,7 +537,9 @@ impl MariaCluster {
 
     /// Delay applying on a replica: each transaction is applied no earlier than
     /// `delay` after the primary committed it (`MASTER_DELAY`, whole seconds:
-    /// `delay` is rounded up). `Duration::ZERO` removes the delay. Restarts both
+    /// `delay` is rounded up). The server counts from the event's timestamp, which
+    /// has whole seconds too: a transaction may be applied up to one second sooner
+    /// than `delay` after its commit, never sooner than that. `Duration::ZERO` removes the delay. Restarts both
     /// replication threads (`STOP SLAVE`, `CHANGE MASTER TO MASTER_DELAY = n`,
     /// `START SLAVE`), which also resumes a paused one; returns once both run and
     /// `SQL_Delay` shows the new value.
