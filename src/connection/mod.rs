@@ -379,7 +379,9 @@ impl<C: SwitchTarget> SwitchableConnection<C> {
     }
 
     /// A token for reading this unit of work's writes elsewhere (another connection,
-    /// request or service): the primary's WAL position now. Call it after the writes
+    /// request or service): the primary's position now (its WAL position; on MySQL
+    /// and MariaDB its GTID position, read in two round trips: the server's kind,
+    /// then the position). Call it after the writes
     /// are committed; pass it to [`SwitchablePool::get_after`](crate::SwitchablePool::get_after),
     /// or serialise it (`to_string()`) into a cookie or header.
     ///
