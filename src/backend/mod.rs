@@ -77,6 +77,23 @@ impl std::ops::Deref for SqlText {
     }
 }
 
+/// What diesel's error kind alone says, for every backend: a session that is gone,
+/// or a write the read-only session refused before doing it (SQLSTATE 25006; MySQL
+/// error 1792, which diesel-async types so).
+pub(crate) fn failure_by_kind(error: &diesel::result::Error) -> StatementFailure {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match error {
+        Error::DatabaseError(
+            DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection,
+            _,
+        ) => StatementFailure::SessionLost,
+        Error::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, _) => {
+            StatementFailure::ReadOnlyRefused
+        }
+        _ => StatementFailure::Other,
+    }
+}
+
 /// Boxed row stream shared by every backend.
 pub type RowStream<'c, R> = BoxStream<'c, QueryResult<R>>;
 /// Boxed load future shared by every backend.

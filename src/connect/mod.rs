@@ -202,6 +202,18 @@ where
     }
 }
 
+/// What an I/O error on the way to a node says about it (both backends' connects).
+pub(crate) fn io_failure_kind(error: &std::io::Error) -> crate::FailureKind {
+    use crate::FailureKind;
+    use std::io::ErrorKind::*;
+    match error.kind() {
+        ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected
+        | AddrNotAvailable | BrokenPipe | UnexpectedEof | NotFound => FailureKind::Refused,
+        TimedOut => FailureKind::NoAnswer,
+        _ => FailureKind::Other,
+    }
+}
+
 /// A credentials provider's failure (the source of a
 /// [`FailureKind::Credentials`](crate::FailureKind::Credentials) error).
 #[derive(Debug)]

@@ -356,13 +356,7 @@ fn pg_failure_kind(error: &tokio_postgres::Error) -> FailureKind {
     let mut cause = std::error::Error::source(error);
     while let Some(current) = cause {
         if let Some(io) = current.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            return match io.kind() {
-                ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected
-                | AddrNotAvailable | BrokenPipe | UnexpectedEof => FailureKind::Refused,
-                TimedOut => FailureKind::NoAnswer,
-                _ => FailureKind::Other,
-            };
+            return super::io_failure_kind(io);
         }
         cause = current.source();
     }

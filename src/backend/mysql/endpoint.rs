@@ -132,7 +132,7 @@ pub(crate) struct Opened {
 impl MysqlEndpoint {
     /// One new session: credentials asked for, keepalives on, `@@version` and
     /// `@@read_only` read; refused if it must be writable and the server is
-    /// read-only. `timeout` bounds nothing here: callers bound the whole.
+    /// read-only. Unbounded here: callers bound the whole (connect timeout).
     pub(crate) async fn open(&self) -> Result<Opened, NodeFailure> {
         let mut builder = OptsBuilder::from_opts(self.opts.clone());
         if let Some(provider) = &self.credentials {
@@ -251,7 +251,7 @@ impl NodeEndpoint for MysqlEndpoint {
                 tokio::net::TcpStream::connect((self.opts.ip_or_hostname(), self.opts.tcp_port()));
             match tokio::time::timeout(timeout, connect).await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(err(io_kind(&e), Box::new(e))),
+                Ok(Err(e)) => Err(err(crate::connect::io_failure_kind(&e), Box::new(e))),
                 Err(_) => Err(err(
                     FailureKind::NoAnswer,
                     format!("no TCP connection within {timeout:?}").into(),
@@ -404,16 +404,6 @@ fn describe_url_error(error: &mysql_async::UrlError) -> String {
     }
 }
 
-fn io_kind(error: &std::io::Error) -> FailureKind {
-    use std::io::ErrorKind::*;
-    match error.kind() {
-        ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected
-        | AddrNotAvailable | BrokenPipe | UnexpectedEof | NotFound => FailureKind::Refused,
-        TimedOut => FailureKind::NoAnswer,
-        _ => FailureKind::Other,
-    }
-}
-
 /// What kind of failure a connect error is: by MySQL error code and I/O error kind.
 pub(crate) fn failure_kind(error: &mysql_async::Error) -> FailureKind {
     match error {
@@ -431,7 +421,7 @@ pub(crate) fn failure_kind(error: &mysql_async::Error) -> FailureKind {
             | code::CR_SERVER_LOST => FailureKind::NotAccepting,
             _ => FailureKind::Server,
         },
-        mysql_async::Error::Io(mysql_async::IoError::Io(io)) => io_kind(io),
+        mysql_async::Error::Io(mysql_async::IoError::Io(io)) => crate::connect::io_failure_kind(io),
         mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed) => {
             FailureKind::Refused
         }

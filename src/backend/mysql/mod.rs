@@ -222,18 +222,9 @@ impl SwitchTarget for AsyncMysqlConnection {
     }
 
     fn statement_failure(error: &diesel::result::Error) -> StatementFailure {
-        use diesel::result::{DatabaseErrorKind, Error};
-        match error {
-            Error::DatabaseError(
-                DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection,
-                _,
-            ) => StatementFailure::SessionLost,
-            // diesel-async types error 1792 so.
-            Error::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, _) => {
-                StatementFailure::ReadOnlyRefused
-            }
-            _ => StatementFailure::Other,
-        }
+        // Untyped errors (1290, 1836, lost sessions) are asked of the session:
+        // `diagnose`.
+        super::failure_by_kind(error)
     }
 
     fn diagnose(conn: &mut Self) -> BoxFuture<'_, QueryResult<StatementFailure>> {

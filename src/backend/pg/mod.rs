@@ -196,20 +196,12 @@ impl SwitchTarget for AsyncPgConnection {
     fn statement_failure(error: &diesel::result::Error) -> StatementFailure {
         use diesel::result::{DatabaseErrorKind, Error};
         match error {
-            Error::DatabaseError(
-                DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection,
-                _,
-            ) => StatementFailure::SessionLost,
-            // 25006: the session is read-only and refused a write before doing it.
-            Error::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, _) => {
-                StatementFailure::ReadOnlyRefused
-            }
             // 40001 outside a transaction on a hot standby is a recovery conflict
             // (a standby runs no serializable read-write transaction).
             Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
                 StatementFailure::RecoveryConflict
             }
-            _ => StatementFailure::Other,
+            _ => super::failure_by_kind(error),
         }
     }
 
